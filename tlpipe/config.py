@@ -1,0 +1,199 @@
+"""The one typed configuration of tlpipe, loaded from ``params.yaml``.
+
+Every section forbids unknown keys, so a typo fails at start with the key's name instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used, with the offending key in the message."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    root: Path = Path("data/raw/hymenoptera_data")
+    expected_classes: list[str] | None = None
+    # Names skipped while scanning: OS and editor droppings, never training data.
+    ignored_names: list[str] = [".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"]
+
+
+class SplitConfig(Section):
+    test_fraction: Fraction = 0.2  # used only when the source has no test split of its own
+    val_fraction: Fraction = 0.15  # carved from train by content hash for early stopping
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitConfig:
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError("split.test_fraction + split.val_fraction must be below 0.9")
+        return self
+
+
+RuleName = Literal[
+    "decodable", "format", "min_side", "max_pixels", "inside_root", "duplicates",
+]
+
+
+class ValidationConfig(Section):
+    allowed_formats: list[str] = ["JPEG", "PNG"]
+    min_side: PositiveInt = 32
+    max_pixels: PositiveInt = 40_000_000
+    min_images_per_class: PositiveInt = 5
+    max_class_imbalance: Annotated[float, Field(ge=1.0)] = 10.0
+    # File-level rules whose offenders are excluded and recorded instead of failing the run.
+    quarantine: list[RuleName] = []
+
+
+class AugmentConfig(Section):
+    crop_scale: tuple[Fraction, Annotated[float, Field(gt=0.0, le=1.0)]] = (0.35, 1.0)
+    horizontal_flip: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    color_jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    trivial_augment: bool = True
+    preview_images: Annotated[int, Field(ge=0, le=64)] = 16
+
+    @model_validator(mode="after")
+    def _scale_ordered(self) -> AugmentConfig:
+        if self.crop_scale[0] >= self.crop_scale[1]:
+            raise ValueError("augment.crop_scale must be [low, high] with low < high")
+        return self
+
+
+class BackboneConfig(Section):
+    name: str = "efficientnet_lite0"
+    # A local state-dict file for backbones whose weights no installed package ships.
+    weights_file: Path | None = None
+
+
+class FeaturesConfig(Section):
+    views: PositiveInt = 2  # augmented views per training image
+    batch_size: PositiveInt = 32
+    precision: Literal["fp32", "bf16"] = "bf16"
+    channels_last: bool = True
+    num_workers: Annotated[int, Field(ge=0)] = 1
+    cache_dir: Path = Path(".cache/features")
+
+
+class HeadConfig(Section):
+    kind: Literal["linear", "mlp"] = "linear"
+    hidden_dim: PositiveInt = 256
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    epochs: PositiveInt = 100
+    patience: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    class_weighting: bool = True
+
+
+class FinetuneConfig(Section):
+    epochs: Annotated[int, Field(ge=0)] = 3
+    unfreeze_blocks: PositiveInt = 2
+    lr: PositiveFloat = 1e-4
+    # Each block deeper than the top one trains at lr * layer_decay ** depth.
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    batch_size: PositiveInt = 16
+    patience: PositiveInt = 2
+    num_workers: Annotated[int, Field(ge=0)] = 1
+    checkpoint_dir: Path = Path(".cache/checkpoints")
+
+
+class EvaluationConfig(Section):
+    calibration_bins: Annotated[int, Field(ge=2)] = 10
+    batch_size: PositiveInt = 32
+
+
+class RegistryConfig(Section):
+    model_name: str = Field("ants-bees", min_length=1)
+    alias: str = "challenger"
+
+
+class TrackingConfig(Section):
+    # MLFLOW_TRACKING_URI in the environment wins, so a team server needs no code change.
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_root: Path = Path("mlflow/artifacts")
+    experiment: str = "tlpipe"
+
+
+class Params(Section):
+    seed: int = 42
+    outputs_dir: Path = Path("outputs")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    validation: ValidationConfig = ValidationConfig()
+    augment: AugmentConfig = AugmentConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    head: HeadConfig = HeadConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def digest(self) -> str:
+        """A stable hash of every setting, used to tag runs and key caches."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def section_digest(self, *names: str) -> str:
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid settings"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against params.yaml's documented keys"
+        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Load and validate ``path``; ``overrides`` are deep-merged on top (for the CLI and tests)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; pass --params PATH or create it")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(deep_merge(raw, overrides or {}), str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

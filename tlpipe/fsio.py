@@ -1,0 +1,44 @@
+"""Atomic file writes: a killed run never leaves a half file that a later run would trust."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; it replaces ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, target)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def write_atomic(target: str | Path, writer: Callable[[Path], object]) -> Path:
+    with atomic_path(target) as temporary:
+        writer(temporary)
+    return Path(target)
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    return write_atomic(target, lambda path: path.write_text(text))
+
+
+def write_json(target: str | Path, payload: object) -> Path:
+    return write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_text(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()

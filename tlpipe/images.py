@@ -1,0 +1,84 @@
+"""Reading images safely and consistently.
+
+Every image reaches the model as 8-bit RGB with its EXIF orientation applied, whatever its
+stored mode (greyscale, CMYK, palette, 16-bit, alpha). Sizes are read from the header first so
+that a decompression bomb is never decoded in full.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# The header check below is our bomb guard; PIL's own limit would raise before we can report.
+Image.MAX_IMAGE_PIXELS = None
+
+_BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str | None
+    width: int | None
+    height: int | None
+    mode: str | None
+    decodable: bool
+    error: str | None
+
+
+def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """Header facts plus a full decode, unless the header announces more than ``max_pixels``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height), mode = image.format, image.size, image.mode
+            if width * height > max_pixels:
+                return ImageInfo(fmt, width, height, mode, False,
+                                 f"{width}x{height} exceeds {max_pixels} pixels; not decoded")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image.load()
+                to_rgb(image)
+            return ImageInfo(fmt, width, height, mode, True, None)
+    except Exception as error:  # any decoder failure means "not decodable", with its reason
+        return ImageInfo(None, None, None, None, False, f"{type(error).__name__}: {error}")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB the same way every time."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        # 16-bit data spans 0..65535; scaling by the type's range (not the image's max)
+        # keeps brightness comparable between images.
+        scale = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
+        grey = np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, _BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return to_rgb(image)
