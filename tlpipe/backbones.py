@@ -266,3 +266,22 @@ def _strip_torchvision_classifier(model: nn.Module) -> int:
                 setattr(model, attribute, nn.Identity())
             return last.in_features
     raise BackboneError("backbone.name: cannot find a linear classifier to strip in this model")
+
+
+def build_architecture(name: str) -> nn.Module:
+    """The backbone's structure only, for loading a complete trained state dict into.
+
+    Callers must overwrite every weight (``load_state_dict(strict=True)``); this is never a
+    pretrained model by itself.
+    """
+    if name == DEFAULT_BACKBONE:
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    if name.startswith("timm/"):
+        return timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=0)
+    if name.startswith("torchvision/"):
+        import torchvision
+
+        model = torchvision.models.get_model(name.removeprefix("torchvision/"), weights=None)
+        _strip_torchvision_classifier(model)
+        return model
+    raise BackboneError(f"backbone.name: unknown backbone {name!r}")

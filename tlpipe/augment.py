@@ -1,0 +1,110 @@
+"""Image pipelines: the training augmentation policy and the backbone's own evaluation preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode, v2
+
+from tlpipe.backbones import Preprocessing
+from tlpipe.config import AugmentConfig
+from tlpipe.images import load_rgb
+
+
+def _interpolation(preprocessing: Preprocessing) -> InterpolationMode:
+    return InterpolationMode(preprocessing.interpolation)
+
+
+def _to_normalised(preprocessing: Preprocessing) -> list:
+    return [v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
+
+
+def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """Exactly what the backbone saw in pretraining: resize, centre crop, normalise."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(preprocessing.resize_size, interpolation=_interpolation(preprocessing),
+                  antialias=True),
+        v2.CenterCrop(preprocessing.input_size),
+        *_to_normalised(preprocessing),
+    ])
+
+
+def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.Compose:
+    steps: list = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(preprocessing.input_size, scale=tuple(augment.crop_scale),
+                             interpolation=_interpolation(preprocessing), antialias=True),
+        v2.RandomHorizontalFlip(augment.horizontal_flip),
+    ]
+    if augment.trivial_augment:
+        # Its rotations and shears support only nearest/bilinear on tensors.
+        steps.append(v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+    if augment.color_jitter > 0:
+        jitter = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    return v2.Compose(steps + _to_normalised(preprocessing))
+
+
+def view_seed(sha256: str, view: int, seed: int) -> int:
+    """The augmentation seed of one cached view: the same image and view always look the same."""
+    return (int(sha256[:15], 16) ^ (view * 0x9E3779B1) ^ seed) % (2**63)
+
+
+class ImageFolderRows(Dataset):
+    """Images listed by path, each optionally transformed under its own fixed seed."""
+
+    def __init__(self, root: Path, paths: list[str], transform: v2.Compose,
+                 seeds: list[int | None] | None = None, labels: list[int] | None = None):
+        self.root, self.paths, self.transform = Path(root), paths, transform
+        self.seeds = seeds or [None] * len(paths)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_rgb(self.root / self.paths[index])
+        seed = self.seeds[index]
+        if seed is None:
+            tensor = self.transform(image)
+        else:
+            # A private RNG stream per item keeps cached views reproducible whatever the
+            # batching or worker count, without disturbing the caller's RNG.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(image)
+        return tensor, (self.labels[index] if self.labels is not None else index)
+
+
+def denormalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    mean = torch.tensor(preprocessing.mean).view(-1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(-1, 3, 1, 1)
+    return (batch * std + mean).clamp(0, 1)
+
+
+def save_augmentation_preview(root: Path, paths: list[str], preprocessing: Preprocessing,
+                              augment: AugmentConfig, seed: int, target: Path,
+                              views_per_image: int = 4) -> Path:
+    """A grid: each row is one training image, its first column the plain view."""
+    from torchvision.utils import make_grid
+
+    from tlpipe.fsio import write_atomic
+
+    plain, augmented = eval_transform(preprocessing), train_transform(preprocessing, augment)
+    tiles = []
+    for path in paths:
+        image = load_rgb(Path(root) / path)
+        tiles.append(plain(image))
+        for view in range(views_per_image):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + view)
+                tiles.append(augmented(image))
+    grid = make_grid(denormalise(torch.stack(tiles), preprocessing),
+                     nrow=views_per_image + 1, padding=4, pad_value=1.0)
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return write_atomic(target, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -1,0 +1,115 @@
+"""Held-out evaluation: headline metrics, per-class figures, calibration and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tlpipe.augment import ImageFolderRows, eval_transform
+from tlpipe.backbones import Preprocessing
+from tlpipe.fsio import write_atomic
+
+
+def predict_probabilities(model: nn.Module, root: Path, paths: list[str],
+                          preprocessing: Preprocessing, batch_size: int) -> np.ndarray:
+    loader = DataLoader(ImageFolderRows(root, paths, eval_transform(preprocessing)),
+                        batch_size=batch_size)
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for images, _ in tqdm(loader, desc="evaluate", unit="batch"):
+            outputs.append(torch.softmax(model(images), dim=1))
+    return torch.cat(outputs).numpy()
+
+
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
+def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str],
+                    calibration_bins: int) -> dict:
+    y_pred = probabilities.argmax(axis=1)
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                   zero_division=0)),
+        "ece": expected_calibration_error(y_true, probabilities, calibration_bins),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": classes,
+        "n_test": len(y_true),
+    }
+
+
+def flat_metrics(metrics: dict, prefix: str = "test_") -> dict[str, float]:
+    """Plain metric names for MLflow: test_accuracy, test_recall_ants, ..."""
+    flat = {f"{prefix}{key}": metrics[key] for key in ("accuracy", "macro_f1", "ece")}
+    for name, figures in metrics["per_class"].items():
+        for figure in ("precision", "recall", "f1"):
+            flat[f"{prefix}{figure}_{name}"] = figures[figure]
+    return flat
+
+
+def _save_figure(figure: plt.Figure, target: Path) -> Path:
+    write_atomic(target, lambda path: figure.savefig(path, format="png", dpi=120,
+                                                     bbox_inches="tight"))
+    plt.close(figure)
+    return target
+
+
+def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], target: Path) -> Path:
+    values = np.array(matrix)
+    size = max(4.0, 0.6 * len(classes) + 2.5)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(values, cmap="Blues")
+    axis.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+             yticklabels=classes, xlabel="predicted", ylabel="true",
+             title=f"Confusion matrix (test, n={values.sum()})")
+    threshold = values.max() / 2 if values.size else 0
+    for (row, column), count in np.ndenumerate(values):
+        axis.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > threshold else "black")
+    return _save_figure(figure, target)
+
+
+def plot_learning_curves(histories: dict[str, list[dict]], target: Path) -> Path:
+    """One column per training stage: losses above, validation accuracy below."""
+    stages = {name: epochs for name, epochs in histories.items() if epochs}
+    figure, axes = plt.subplots(2, max(len(stages), 1), figsize=(5 * max(len(stages), 1), 6),
+                                squeeze=False)
+    for column, (name, epochs) in enumerate(stages.items()):
+        x = [e["epoch"] + 1 for e in epochs]
+        axes[0, column].plot(x, [e["train_loss"] for e in epochs], label="train loss")
+        axes[0, column].plot(x, [e["val_loss"] for e in epochs], label="val loss")
+        axes[0, column].set(title=f"{name}: loss", xlabel="epoch")
+        axes[0, column].legend()
+        axes[1, column].plot(x, [e["val_accuracy"] for e in epochs], color="tab:green")
+        axes[1, column].set(title=f"{name}: validation accuracy", xlabel="epoch", ylim=(0, 1.02))
+    figure.tight_layout()
+    return _save_figure(figure, target)

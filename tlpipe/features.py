@@ -1,0 +1,147 @@
+"""Frozen-backbone features, computed once per (image content, weights, preprocessing, view).
+
+Each feature vector is one ``.npy`` file named by its key and written atomically, so a killed
+run leaves only whole entries, a second run over the same images does no forward pass, and a
+new image costs exactly one forward per view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tlpipe.augment import ImageFolderRows, eval_transform, train_transform, view_seed
+from tlpipe.backbones import Backbone
+from tlpipe.config import AugmentConfig, FeaturesConfig
+from tlpipe.fsio import sha256_text, write_atomic
+
+PLAIN_VIEW = 0  # views 1..N are augmented; view 0 is the evaluation preprocessing
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything besides the image that decides a feature vector's value."""
+
+    weights_digest: str
+    preprocessing: dict
+    augment: dict
+    precision: str
+    channels_last: bool
+    seed: int
+
+    def key(self, sha256: str, view: int) -> str:
+        # The augmentation policy and seed only matter for augmented views.
+        policy = (self.augment, self.seed) if view != PLAIN_VIEW else None
+        return sha256_text(sha256, self.weights_digest, sorted(self.preprocessing.items()),
+                           policy, self.precision, self.channels_last, view)
+
+
+class FeatureCache:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> np.ndarray:
+        return np.load(self.path(key), allow_pickle=False)
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        def save(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:
+                np.save(handle, vector.astype(np.float32), allow_pickle=False)
+
+        write_atomic(self.path(key), save)
+
+
+@dataclass
+class ExtractionStats:
+    images: int
+    computed: int  # backbone forward passes, one per image view
+    cached: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds else 0.0
+
+
+def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.DataFrame:
+    """One row per feature vector needed: train gets ``views`` augmented views, others one plain."""
+    rows = []
+    for row in manifest.itertuples(index=False):
+        wanted = range(1, views + 1) if row.split == "train" else (PLAIN_VIEW,)
+        rows.extend({"path": row.path, "label": row.label, "split": row.split,
+                     "sha256": row.sha256, "view": view, "key": spec.key(row.sha256, view)}
+                    for view in wanted)
+    return pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "view", "key"])
+
+
+def autocast_context(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_features(backbone: Backbone, batch: torch.Tensor, config: FeaturesConfig
+                     ) -> torch.Tensor:
+    if config.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast_context(config.precision):
+        return backbone.model(batch).float()
+
+
+def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
+                     config: FeaturesConfig, augment: AugmentConfig, seed: int,
+                     cache: FeatureCache) -> ExtractionStats:
+    """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
+    start = time.perf_counter()
+    missing = plan[[key not in cache for key in plan["key"]]].drop_duplicates("key")
+    if config.channels_last:
+        backbone.model.to(memory_format=torch.channels_last)
+    plain, augmented = eval_transform(backbone.preprocessing), train_transform(
+        backbone.preprocessing, augment)
+    computed = 0
+    for is_plain, group in missing.groupby(missing["view"] == PLAIN_VIEW):
+        seeds = None if is_plain else [view_seed(s, v, seed)
+                                       for s, v in zip(group["sha256"], group["view"], strict=True)]
+        dataset = ImageFolderRows(data_root, group["path"].tolist(),
+                                  plain if is_plain else augmented, seeds)
+        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+                            persistent_workers=False)
+        keys = group["key"].tolist()
+        label = "features (plain)" if is_plain else "features (augmented)"
+        with tqdm(total=len(dataset), desc=label, unit="img") as progress:
+            for images, indices in loader:
+                vectors = forward_features(backbone, images, config).numpy()
+                for index, vector in zip(indices.tolist(), vectors, strict=True):
+                    cache.put(keys[index], vector)
+                computed += len(indices)
+                progress.update(len(indices))
+    return ExtractionStats(images=plan["path"].nunique(), computed=computed,
+                           cached=len(plan) - computed, seconds=time.perf_counter() - start)
+
+
+def load_split(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = plan[plan["split"] == split]
+    if rows.empty:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    features = torch.from_numpy(np.stack([cache.get(key) for key in rows["key"]]))
+    labels = torch.tensor([classes.index(label) for label in rows["label"]], dtype=torch.long)
+    return features, labels
+
+
+def save_plan(plan: pd.DataFrame, target: Path) -> Path:
+    return write_atomic(target, lambda path: plan.to_parquet(path, index=False))

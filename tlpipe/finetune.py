@@ -1,0 +1,203 @@
+"""Fine-tuning: the backbone plus its trained head, top blocks unfrozen, fastai-style.
+
+Learning rates shrink with depth, BatchNorm running statistics never move (the pretrained
+statistics are better estimates than a few hundred images give), and a checkpoint after every
+epoch lets a killed run resume exactly: the same trainable parameters, learning rates,
+optimizer moments, schedule position and RNG state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tlpipe.augment import ImageFolderRows, eval_transform, train_transform
+from tlpipe.backbones import Backbone
+from tlpipe.config import AugmentConfig, FinetuneConfig
+from tlpipe.fsio import write_atomic
+from tlpipe.head import TrainingHistory, class_weights
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class Classifier(nn.Module):
+    """Backbone features into the head. BatchNorm layers stay in eval mode even in ``train()``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, _BATCHNORM):
+                module.eval()
+        return self
+
+
+def parameter_groups(model: Classifier, blocks: list[list[nn.Parameter]],
+                     config: FinetuneConfig) -> list[dict]:
+    """Freeze everything, then unfreeze the head and the top blocks, lr shrinking with depth."""
+    model.requires_grad_(False)
+    groups = [{"name": "head", "params": list(model.head.parameters()), "lr": config.lr}]
+    unfrozen = blocks[-config.unfreeze_blocks:]
+    for depth, block in enumerate(reversed(unfrozen), start=1):
+        groups.append({"name": f"block-{len(blocks) - depth}", "params": block,
+                       "lr": config.lr * config.layer_decay ** depth})
+    for group in groups:
+        for parameter in group["params"]:
+            parameter.requires_grad_(True)
+    return groups
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+@dataclass
+class FinetuneData:
+    root: Path
+    train_paths: list[str]
+    train_labels: list[int]
+    val_paths: list[str]
+    val_labels: list[int]
+    num_classes: int
+
+
+@dataclass
+class FinetuneResult:
+    model: Classifier
+    history: TrainingHistory
+    resumed_from_epoch: int | None  # the last completed epoch found in a checkpoint, if any
+    epochs_run: int  # epochs trained by this call
+
+
+def _trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _evaluate(model: Classifier, loader: DataLoader) -> tuple[float, float]:
+    model.eval()
+    losses, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            logits = model(images)
+            losses += functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += len(labels)
+    return losses / max(count, 1), correct / max(count, 1)
+
+
+def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
+             augment: AugmentConfig, seed: int, checkpoint: Path,
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
+    """Train ``epochs`` epochs with early stopping; resume from ``checkpoint`` if it exists.
+
+    ``checkpoint`` must be unique to this run's inputs (the caller keys it by content), so a
+    checkpoint found there always belongs to the same training run.
+    """
+    torch.manual_seed(seed)
+    model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head))
+    blocks = _matching_blocks(backbone, model.backbone)
+    groups = parameter_groups(model, blocks, config)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train_paths) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps_per_epoch * config.epochs, config.warmup_fraction))
+    weights = class_weights(torch.tensor(data.train_labels), data.num_classes)
+    train_set = ImageFolderRows(data.root, data.train_paths,
+                                train_transform(backbone.preprocessing, augment),
+                                labels=data.train_labels)
+    val_loader = DataLoader(
+        ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
+                        labels=data.val_labels),
+        batch_size=config.batch_size, num_workers=config.num_workers)
+
+    history, start_epoch, resumed_from = TrainingHistory(), 0, None
+    best_state, best_loss, stale = copy.deepcopy(model.state_dict()), float("inf"), 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["trainable"] != _trainable_names(model):
+            raise RuntimeError(f"{checkpoint}: trainable parameters differ from this run's; "
+                               "delete the checkpoint to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_state, best_loss, stale = state["best_model"], state["best_loss"], state["stale"]
+        history = TrainingHistory(state["history"], state["best_epoch"])
+        torch.set_rng_state(state["rng"])
+        resumed_from = state["epoch"]
+        start_epoch = resumed_from + 1
+    if stale >= config.patience:
+        start_epoch = config.epochs  # early stopping had already ended this run
+
+    epochs_run = 0
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(seed + epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                            generator=generator, num_workers=config.num_workers, drop_last=False)
+        total, seen = 0.0, 0
+        for images, labels in tqdm(loader, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
+                                   unit="batch"):
+            loss = functional.cross_entropy(model(images), labels, weight=weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total, seen = total + loss.item() * len(labels), seen + len(labels)
+        val_loss, val_accuracy = _evaluate(model, val_loader)
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+                  "val_accuracy": val_accuracy}
+        history.record(**record)
+        if val_loss < best_loss:
+            best_state, best_loss, stale = copy.deepcopy(model.state_dict()), val_loss, 0
+            history.best_epoch = epoch
+        else:
+            stale += 1
+        epochs_run += 1
+        _save_checkpoint(checkpoint, {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_model": best_state,
+            "best_loss": best_loss, "stale": stale, "history": history.epochs,
+            "best_epoch": history.best_epoch, "trainable": _trainable_names(model),
+            "rng": torch.get_rng_state(),
+        })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+        if stale >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    return FinetuneResult(model.eval(), history, resumed_from, epochs_run)
+
+
+def _matching_blocks(backbone: Backbone, copied: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameters of ``copied``, grouped as ``backbone.blocks`` groups the original's."""
+    names = {id(p): n for n, p in backbone.model.named_parameters()}
+    copied_params = dict(copied.named_parameters())
+    return [[copied_params[names[id(p)]] for p in block.parameters()]
+            for block in backbone.blocks]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    write_atomic(path, lambda temporary: torch.save(state, temporary))

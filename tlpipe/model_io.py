@@ -1,0 +1,49 @@
+"""Saving and loading a trained classifier without pickles: safetensors weights plus JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from tlpipe.backbones import Preprocessing, build_architecture
+from tlpipe.config import HeadConfig
+from tlpipe.finetune import Classifier
+from tlpipe.fsio import write_atomic, write_json
+from tlpipe.head import build_head
+
+WEIGHTS_FILE, SPEC_FILE = "model.safetensors", "model.json"
+
+
+@dataclass
+class ModelSpec:
+    backbone: str
+    num_features: int
+    classes: list[str]
+    head: dict  # HeadConfig fields that shape the head
+    preprocessing: dict
+
+    @property
+    def preprocessing_config(self) -> Preprocessing:
+        values = dict(self.preprocessing)
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        return Preprocessing(**values)
+
+
+def save_classifier(model: Classifier, spec: ModelSpec, directory: Path) -> Path:
+    directory = Path(directory)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(state, str(path)))
+    write_json(directory / SPEC_FILE, spec.__dict__)
+    return directory
+
+
+def load_classifier(directory: Path) -> tuple[Classifier, ModelSpec]:
+    directory = Path(directory)
+    spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
+    head = build_head(HeadConfig(**spec.head), spec.num_features, len(spec.classes))
+    model = Classifier(build_architecture(spec.backbone), head)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    return model.eval(), spec

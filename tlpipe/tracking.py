@@ -1,0 +1,155 @@
+"""MLflow bookkeeping: the store, one parent run per pipeline run, one child per stage.
+
+Children are created with the parent's run id through the client, never through the
+``MLFLOW_RUN_ID`` environment variable, and found again by their stage tag, so a retried stage
+reuses its run instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from tlpipe.config import TrackingConfig
+
+STAGE_TAG, KIND_TAG, PID_TAG, HOST_TAG = "tlpipe.stage", "tlpipe.kind", "tlpipe.pid", "tlpipe.host"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri(tracking: TrackingConfig, project_dir: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` wins; a relative SQLite path is taken from the project folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        database = (project_dir / uri.removeprefix(prefix)).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        uri = prefix + str(database)
+    return uri
+
+
+def configure(tracking: TrackingConfig, project_dir: Path) -> str:
+    """Point MLflow at the store and return the experiment id (creating it if needed)."""
+    uri = tracking_uri(tracking, project_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, inside the project
+        artifacts = (project_dir / tracking.artifact_root).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        location = artifacts.as_uri()
+    return client.create_experiment(tracking.experiment, artifact_location=location)
+
+
+def git_state(project_dir: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a stage needs to attach its child run: plain strings, safe to hand to any task."""
+
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+
+
+def start_parent_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags={
+        **tags, KIND_TAG: "pipeline", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+    })
+    return run.info.run_id
+
+
+def finish_run(run_id: str, error: BaseException | None = None) -> None:
+    client = MlflowClient()
+    if error is None:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        return
+    reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+    client.set_tag(run_id, "failure_reason", reason[:4000])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def mark_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the pipeline runs of this host still RUNNING under a process that is gone.
+
+    A run killed with SIGKILL cannot mark itself; the next run on the same host does it.
+    """
+    client, host, marked = MlflowClient(), socket.gethostname(), []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if not _process_alive(int(tags[PID_TAG])):
+            client.set_tag(run.info.run_id, "failure_reason",
+                           f"process {tags[PID_TAG]} ended without finishing the run (killed)")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            marked.append(run.info.run_id)
+    return marked
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def child_run_id(context: RunContext, stage: str) -> str:
+    """The parent's child run for ``stage``, created on first use and reused on retries."""
+    mlflow.set_tracking_uri(context.tracking_uri)
+    client = MlflowClient()
+    existing = client.search_runs(
+        [context.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{context.parent_run_id}' "
+                      f"and tags.`{STAGE_TAG}` = '{stage}'",
+        max_results=1,
+    )
+    if existing:
+        client.update_run(existing[0].info.run_id, status="RUNNING")
+        return existing[0].info.run_id
+    run = client.create_run(context.experiment_id, run_name=stage, tags={
+        PARENT_TAG: context.parent_run_id, STAGE_TAG: stage, KIND_TAG: "stage",
+    })
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(context: RunContext, stage: str) -> Iterator[str]:
+    """A child run for one stage, active in this thread, FAILED with the reason on error."""
+    run_id = child_run_id(context, stage)
+    try:
+        with mlflow.start_run(run_id=run_id, nested=True, parent_run_id=context.parent_run_id,
+                              log_system_metrics=False):
+            yield run_id
+    except BaseException as error:
+        finish_run(run_id, error)
+        raise
+    finish_run(run_id)
