@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -55,6 +59,10 @@ def view_seed(sha256: str, view: int, seed: int) -> int:
     return (int(sha256[:15], 16) ^ (view * 0x9E3779B1) ^ seed) % (2**63)
 
 
+# torch's RNG is process-wide: seeded transforms in loader threads must take turns.
+_SEEDED_TRANSFORM = threading.Lock()
+
+
 class ImageFolderRows(Dataset):
     """Images listed by path, each optionally transformed under its own fixed seed."""
 
@@ -75,10 +83,39 @@ class ImageFolderRows(Dataset):
         else:
             # A private RNG stream per item keeps cached views reproducible whatever the
             # batching or worker count, without disturbing the caller's RNG.
-            with torch.random.fork_rng(devices=[]):
+            with _SEEDED_TRANSFORM, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 tensor = self.transform(image)
         return tensor, (self.labels[index] if self.labels is not None else index)
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
+                    order: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use.
+
+    Threads, not DataLoader worker processes: decoding and resizing release the GIL, and
+    forked workers die inside Prefect's process. With ``workers=0`` everything runs inline,
+    which keeps the caller's RNG use (dropout) deterministic.
+    """
+    order = list(range(len(dataset))) if order is None else list(order)
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def load(chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in chunk]
+        return (torch.stack([image for image, _ in items]),
+                torch.tensor([target for _, target in items]))
+
+    if workers == 0:
+        yield from map(load, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(load, chunk))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def denormalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:

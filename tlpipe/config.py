@@ -85,7 +85,7 @@ class FeaturesConfig(Section):
     batch_size: PositiveInt = 32
     precision: Literal["fp32", "bf16"] = "bf16"
     channels_last: bool = True
-    num_workers: Annotated[int, Field(ge=0)] = 1
+    num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
     cache_dir: Path = Path(".cache/features")
 
 
@@ -112,7 +112,6 @@ class FinetuneConfig(Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
     batch_size: PositiveInt = 16
     patience: PositiveInt = 2
-    num_workers: Annotated[int, Field(ge=0)] = 1
     checkpoint_dir: Path = Path(".cache/checkpoints")
 
 

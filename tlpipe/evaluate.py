@@ -13,22 +13,22 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tlpipe.augment import ImageFolderRows, eval_transform
+from tlpipe.augment import ImageFolderRows, eval_transform, iterate_batches
 from tlpipe.backbones import Preprocessing
 from tlpipe.fsio import write_atomic
 
 
 def predict_probabilities(model: nn.Module, root: Path, paths: list[str],
                           preprocessing: Preprocessing, batch_size: int) -> np.ndarray:
-    loader = DataLoader(ImageFolderRows(root, paths, eval_transform(preprocessing)),
-                        batch_size=batch_size)
+    batches = iterate_batches(ImageFolderRows(root, paths, eval_transform(preprocessing)),
+                              batch_size, workers=1)
     model.eval()
     outputs = []
     with torch.inference_mode():
-        for images, _ in tqdm(loader, desc="evaluate", unit="batch"):
+        for images, _ in tqdm(batches, desc="evaluate", unit="batch",
+                              total=-(-len(paths) // batch_size)):
             outputs.append(torch.softmax(model(images), dim=1))
     return torch.cat(outputs).numpy()
 

@@ -15,10 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tlpipe.augment import ImageFolderRows, eval_transform, train_transform, view_seed
+from tlpipe.augment import (
+    ImageFolderRows,
+    eval_transform,
+    iterate_batches,
+    train_transform,
+    view_seed,
+)
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
 from tlpipe.fsio import sha256_text, write_atomic
@@ -118,12 +123,11 @@ def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                                        for s, v in zip(group["sha256"], group["view"], strict=True)]
         dataset = ImageFolderRows(data_root, group["path"].tolist(),
                                   plain if is_plain else augmented, seeds)
-        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
-                            persistent_workers=False)
         keys = group["key"].tolist()
         label = "features (plain)" if is_plain else "features (augmented)"
         with tqdm(total=len(dataset), desc=label, unit="img") as progress:
-            for images, indices in loader:
+            for images, indices in iterate_batches(dataset, config.batch_size,
+                                                   config.num_workers):
                 vectors = forward_features(backbone, images, config).numpy()
                 for index, vector in zip(indices.tolist(), vectors, strict=True):
                     cache.put(keys[index], vector)

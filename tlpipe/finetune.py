@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tlpipe.augment import ImageFolderRows, eval_transform, train_transform
+from tlpipe.augment import ImageFolderRows, eval_transform, iterate_batches, train_transform
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.fsio import write_atomic
@@ -96,11 +95,12 @@ def _trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _evaluate(model: Classifier, loader: DataLoader) -> tuple[float, float]:
+def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int
+              ) -> tuple[float, float]:
     model.eval()
     losses, correct, count = 0.0, 0, 0
     with torch.inference_mode():
-        for images, labels in loader:
+        for images, labels in iterate_batches(dataset, batch_size, workers=1):
             logits = model(images)
             losses += functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
@@ -128,10 +128,8 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     train_set = ImageFolderRows(data.root, data.train_paths,
                                 train_transform(backbone.preprocessing, augment),
                                 labels=data.train_labels)
-    val_loader = DataLoader(
-        ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
-                        labels=data.val_labels),
-        batch_size=config.batch_size, num_workers=config.num_workers)
+    val_set = ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
+                              labels=data.val_labels)
 
     history, start_epoch, resumed_from = TrainingHistory(), 0, None
     best_state, best_loss, stale = copy.deepcopy(model.state_dict()), float("inf"), 0
@@ -154,19 +152,21 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     epochs_run = 0
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        generator = torch.Generator().manual_seed(seed + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                            generator=generator, num_workers=config.num_workers, drop_last=False)
+        order = torch.randperm(len(train_set),
+                               generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        # Inline loading: augmentation and dropout then draw from one RNG stream in one
+        # order, so a run (and a resumed run) is reproducible.
+        batches = iterate_batches(train_set, config.batch_size, workers=0, order=order)
         total, seen = 0.0, 0
-        for images, labels in tqdm(loader, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
-                                   unit="batch"):
+        for images, labels in tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
+                                   unit="batch", total=steps_per_epoch):
             loss = functional.cross_entropy(model(images), labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
-        val_loss, val_accuracy = _evaluate(model, val_loader)
+        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "val_accuracy": val_accuracy}
         history.record(**record)

@@ -42,21 +42,34 @@ def example_input(image_path: Path, side: int = 48) -> pd.DataFrame:
 
 def log_and_register(model_dir: Path, model_name: str, alias: str, example_image: Path,
                      version_tags: dict[str, str]) -> ModelVersion:
-    """Log the pyfunc in the active run, register a new version and point ``alias`` at it."""
+    """Log the pyfunc in the active run, register a new version and point ``alias`` at it.
+
+    Idempotent per run: a retry after a partial failure reuses the version this run created.
+    """
     _, spec = load_classifier(model_dir)  # fails here, before anything is registered
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if existing:
+        version = str(existing[0].version)
+    else:
+        version = _log_new_version(model_dir, model_name, spec.classes, example_image)
+    for key, value in version_tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, alias, version)
+    return client.get_model_version(model_name, version)
+
+
+def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
+                     example_image: Path) -> str:
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_ENTRY),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(tlpipe.__file__).parent)],
-        signature=signature_for(spec.classes),
+        signature=signature_for(classes),
         input_example=example_input(example_image),
         pip_requirements=_REQUIREMENTS,
         registered_model_name=model_name,
     )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    for key, value in version_tags.items():
-        client.set_model_version_tag(model_name, version, key, str(value))
-    client.set_registered_model_alias(model_name, alias, version)
-    return client.get_model_version(model_name, version)
+    return str(info.registered_model_version)

@@ -153,3 +153,20 @@ def stage_run(context: RunContext, stage: str) -> Iterator[str]:
         finish_run(run_id, error)
         raise
     finish_run(run_id)
+
+
+@contextlib.contextmanager
+def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
+                 tags: dict[str, str]) -> Iterator[RunContext]:
+    """One parent run for a whole pipeline run: FINISHED on success, FAILED with the reason
+    on any error, including KeyboardInterrupt and SystemExit from a termination signal."""
+    experiment_id = configure(tracking, project_dir)
+    mark_abandoned_runs(experiment_id)
+    parent = start_parent_run(experiment_id, run_name, {**git_state(project_dir), **tags})
+    context = RunContext(experiment_id, parent, mlflow.get_tracking_uri())
+    try:
+        yield context
+    except BaseException as error:
+        finish_run(parent, error)
+        raise
+    finish_run(parent)

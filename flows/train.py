@@ -1,0 +1,40 @@
+"""The training flow: validate the images, learn from them, evaluate, register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.data import build_manifest, validate_data
+from tasks.evaluation import evaluate
+from tasks.features import extract_features, preview_augmentation
+from tasks.registration import register_model
+from tasks.training import finetune, train_head
+from tlpipe.config import Params
+from tlpipe.tracking import git_state, pipeline_run
+
+
+@flow(name="tlpipe-train", log_prints=True)
+def train_flow(params: Params, project_dir: str = ".") -> dict:
+    """Validate the data, extract cached features, train the head, fine-tune, evaluate on the
+    held-out test split, and register the model as the challenger."""
+    project = Path(project_dir).resolve()
+    tags = {"params_hash": params.digest(), "backbone": params.backbone.name,
+            "prefect_flow_run_id": str(flow_run.get_id())}
+    with pipeline_run(params.tracking, project, "train", tags) as run:
+        build_manifest(run, params, project)
+        data = validate_data(run, params, project)
+        preview_augmentation(run, params, project)
+        features = extract_features(run, params, project)
+        train_head(run, params, project)
+        finetune(run, params, project)
+        evaluation = evaluate(run, params, project)
+        facts = {**tags, **git_state(project), "data_fingerprint": data["fingerprint"],
+                 "weights_digest": features["weights_digest"],
+                 **{k: round(v, 6) for k, v in evaluation["headline"].items()
+                    if k in ("test_accuracy", "test_macro_f1", "test_ece")}}
+        version = register_model(run, params, project, facts)
+    return {"run_id": run.parent_run_id, "model": version, "features": features,
+            "test_accuracy": evaluation["accuracy"], "test_macro_f1": evaluation["macro_f1"]}

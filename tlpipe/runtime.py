@@ -1,0 +1,28 @@
+"""Process-wide defaults for quiet, offline runs with all state inside the project.
+
+Must run before Prefect or MLflow is imported: both read these variables at import time.
+Values already set in the environment win, so a team setup is configuration, not code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def apply_runtime_defaults(project_dir: Path) -> None:
+    project_dir = Path(project_dir).resolve()
+    defaults = {
+        "DO_NOT_TRACK": "true",  # MLflow ignores "1"
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_HOME": str(project_dir / ".prefect"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(project_dir / ".prefect" / "results"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "TORCHINDUCTOR_CACHE_DIR": str(project_dir / ".cache" / "inductor"),
+        "TQDM_MININTERVAL": "2",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
