@@ -21,7 +21,8 @@ from tlpipe.validation import ValidationFailed
 def build_manifest(context: RunContext, params: Params, project: Path) -> dict:
     with stage_run(context, "manifest"):
         result = steps.make_manifest(params, project)
-        mlflow.log_params({"data.root": str(params.data.root), **flat_params("split", params.split)})
+        mlflow.log_params({"data.root": str(params.data.root),
+                           **flat_params("split", params.split)})
         mlflow.log_metrics({"files": result["files"], "classes": len(result["classes"])})
         mlflow.log_artifact(result["manifest"])
         MlflowClient().set_tag(context.parent_run_id, "data_fingerprint_raw", result["fingerprint"])

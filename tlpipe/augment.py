@@ -1,4 +1,4 @@
-"""Image pipelines: the training augmentation policy and the backbone's own evaluation preprocessing."""
+"""Image pipelines: the training augmentation policy and the backbone's own preprocessing."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ class ImageFolderRows(Dataset):
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
-                    order: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    order: Sequence[int] | None = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use.
 
     Threads, not DataLoader worker processes: decoding and resizing release the GIL, and

@@ -103,7 +103,7 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
     size = int(config["input_size"][-1])
     return Preprocessing(
         input_size=size,
-        resize_size=int(round(size / config.get("crop_pct", 0.875))),
+        resize_size=round(size / config.get("crop_pct", 0.875)),
         interpolation=config.get("interpolation", "bilinear"),
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
@@ -176,7 +176,8 @@ def _load_efficientnet_lite0(weights_file: Path | None) -> Backbone:
         )
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
-        if src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1] or tensor.shape != expected.shape:
+        same_leaf = src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1]
+        if not same_leaf or tensor.shape != expected.shape:
             raise BackboneError(
                 f"{weights_file}: tensor {src_key} {tuple(tensor.shape)} does not map onto "
                 f"{dst_key} {tuple(expected.shape)}"

@@ -138,7 +138,8 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
 def manifest_fingerprint(frame: pd.DataFrame) -> str:
     """The data version: what each file holds, its label and split; nothing about where it lives."""
     digest = hashlib.sha256()
-    for row in frame.sort_values("path")[["path", "label", "sha256", "split"]].itertuples(index=False):
+    columns = ["path", "label", "sha256", "split"]
+    for row in frame.sort_values("path")[columns].itertuples(index=False):
         digest.update("\x1f".join(map(str, row)).encode() + b"\n")
     return digest.hexdigest()
 

@@ -11,7 +11,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
-from PIL import Image
 
 import tlpipe
 from tlpipe.images import load_rgb
