@@ -24,11 +24,14 @@ from tlpipe.config import TrackingConfig
 
 STAGE_TAG, KIND_TAG, PID_TAG, HOST_TAG = "tlpipe.stage", "tlpipe.kind", "tlpipe.pid", "tlpipe.host"
 PARENT_TAG = "mlflow.parentRunId"
+# mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment, so the user's
+# own setting must be read before tlpipe sets anything.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(tracking: TrackingConfig, project_dir: Path) -> str:
     """``MLFLOW_TRACKING_URI`` wins; a relative SQLite path is taken from the project folder."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri
+    uri = _USER_TRACKING_URI or tracking.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         database = (project_dir / uri.removeprefix(prefix)).resolve()

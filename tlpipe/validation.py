@@ -67,8 +67,12 @@ class ValidationReport:
 
 class ValidationFailed(RuntimeError):
     def __init__(self, report: ValidationReport):
-        names = ", ".join(f"{r.rule} ({len(r.offenders)})" for r in report.failures)
-        super().__init__(f"data validation failed: {names}\n{report.to_markdown()}")
+        def named(rule: RuleOutcome) -> str:
+            where = [o.get("path") or f"class {o.get('label')}" for o in rule.offenders]
+            more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+            return f"{rule.rule}: {', '.join(where[:5])}{more}"
+
+        super().__init__("data validation failed: " + "; ".join(map(named, report.failures)))
         self.report = report
 
 

@@ -1,0 +1,89 @@
+"""Shared fixtures: the real demo data, small slices of it, and a throwaway project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tlpipe.runtime import apply_runtime_defaults
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = (REPO / ".." / "shared" / "datasets" / "hymenoptera_data").resolve()
+
+# Before Prefect or MLflow is imported anywhere in the test session.
+_SESSION_STATE = Path(os.environ.get("TLPIPE_TEST_STATE", "/tmp/tlpipe-test-state"))
+shutil.rmtree(_SESSION_STATE, ignore_errors=True)
+_SESSION_STATE.mkdir(parents=True)
+apply_runtime_defaults(_SESSION_STATE)
+
+
+def _demo_root() -> Path:
+    if not (DEMO / "train").is_dir():
+        pytest.fail(f"demo data not found at {DEMO}: the tests need ../shared/datasets/"
+                    "hymenoptera_data beside the project")
+    return DEMO
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    return _demo_root()
+
+
+def copy_slice(destination: Path, per_class: dict[str, int]) -> Path:
+    """Copy the first N images (by name) of each split/class, e.g. {"train": 8, "val": 4}."""
+    root = _demo_root()
+    for split, count in per_class.items():
+        for class_dir in sorted((root / split).iterdir()):
+            target = destination / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for image in sorted(class_dir.glob("*.jpg"))[:count]:
+                shutil.copy2(image, target / image.name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """12 train and 6 val images per class, plus the demo set's GIF placeholder."""
+    data = copy_slice(tmp_path_factory.mktemp("data") / "slice", {"train": 12, "val": 6})
+    shutil.copy2(_demo_root() / "train" / "ants" / "imageNotFound.gif",
+                 data / "train" / "ants" / "imageNotFound.gif")
+    return data
+
+
+SMALL_PARAMS = {
+    "data": {"expected_classes": ["ants", "bees"]},
+    "split": {"val_fraction": 0.3},
+    "validation": {"quarantine": ["format"]},
+    "features": {"views": 1, "batch_size": 16},
+    "head": {"epochs": 40, "patience": 10},
+    "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_blocks": 1},
+    "evaluation": {"batch_size": 16},
+    "registry": {"model_name": "test-ants-bees"},
+}
+
+
+def make_project(directory: Path, data: Path, extra: dict | None = None) -> Path:
+    """A git repository holding a params.yaml that points at ``data``."""
+    from tlpipe.config import deep_merge
+
+    directory.mkdir(parents=True, exist_ok=True)
+    params = deep_merge(SMALL_PARAMS, {"data": {"root": str(data)}})
+    (directory / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, extra or {})))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=directory, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=directory, check=True)
+    subprocess.run([*git, "commit", "-qm", "params"], cwd=directory, check=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

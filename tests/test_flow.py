@@ -1,0 +1,140 @@
+"""The real training flow, end to end: Prefect, MLflow on SQLite, GX, PyTorch, real images."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.train import train_flow
+from tests.conftest import copy_slice, make_project
+from tlpipe import tracking
+from tlpipe.config import load_params
+from tlpipe.serving import IMAGE_COLUMN
+from tlpipe.validation import ValidationFailed
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_data, prefect_harness):
+    project = make_project(tmp_path_factory.mktemp("project"), small_data)
+    params = load_params(project / "params.yaml")
+    first = train_flow(params, str(project))
+    second = train_flow(params, str(project))
+    tracking.configure(params.tracking, project)
+    return project, params, first, second
+
+
+def test_registers_a_challenger_traceable_to_code_data_and_params(trained):
+    project, params, first, second = trained
+    client = MlflowClient()
+    assert (int(first["model"]["version"]), int(second["model"]["version"])) == (1, 2)
+    challenger = client.get_model_version_by_alias(params.registry.model_name, "challenger")
+    assert int(challenger.version) == 2
+    tags = client.get_model_version(params.registry.model_name, first["model"]["version"]).tags
+    for key in ("git_commit", "git_dirty", "params_hash", "data_fingerprint", "backbone",
+                "weights_digest", "prefect_flow_run_id", "pipeline_run_id", "test_accuracy"):
+        assert tags.get(key), f"model version lacks tag {key}"
+    assert tags["params_hash"] == params.digest()
+    assert tags["backbone"] == "efficientnet_lite0"
+    assert len(tags["git_commit"]) == 40
+    # The tiny slice (12 test images) still separates ants from bees with real weights.
+    assert float(tags["test_accuracy"]) >= 0.75
+
+
+def test_parent_run_holds_headline_metrics_tags_and_one_child_per_stage(trained):
+    _, _, first, _ = trained
+    client = MlflowClient()
+    parent = client.get_run(first["run_id"])
+    assert parent.info.status == "FINISHED"
+    for metric in ("test_accuracy", "test_macro_f1", "test_ece", "test_recall_ants"):
+        assert metric in parent.data.metrics
+    assert parent.data.tags["data_fingerprint"]
+    assert parent.data.tags["git_commit"]
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{first['run_id']}'")
+    stages = sorted(run.data.tags["tlpipe.stage"] for run in children)
+    assert stages == sorted(["manifest", "validate", "augment", "features", "head", "finetune",
+                             "evaluate", "register"])
+    assert all(run.info.status == "FINISHED" for run in children)
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
+    assert {"validation", "augment", "evaluation", "model_card.md"} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(first["run_id"], "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/learning_curves.png",
+            "evaluation/metrics.json"} <= evaluation
+    finetune = next(r for r in children if r.data.tags["tlpipe.stage"] == "finetune")
+    history = client.get_metric_history(finetune.info.run_id, "finetune_val_loss")
+    assert len(history) == 1  # one fine-tune epoch in these params
+
+
+def test_second_run_reuses_every_cached_feature(trained):
+    _, _, first, second = trained
+    assert first["features"]["computed"] > 0
+    assert second["features"]["computed"] == 0
+    assert second["features"]["cached"] == first["features"]["computed"]
+
+
+def test_gif_placeholder_is_quarantined_and_reported(trained):
+    project, *_ = trained
+    report = (project / "outputs" / "validation" / "report.md").read_text()
+    assert "QUARANTINED" in report and "train/ants/imageNotFound.gif" in report
+    kept = pd.read_parquet(project / "outputs" / "validation" / "validated.parquet")
+    assert "train/ants/imageNotFound.gif" not in set(kept["path"])
+
+
+def test_registered_model_loads_without_pickles_and_classifies_real_images(trained, demo_root):
+    _, params, _, _ = trained
+    model = mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}@challenger")
+    images = [demo_root / "val" / "ants" / "10308379_1b6c72e180.jpg",
+              demo_root / "val" / "bees" / "1032546534_06907fe3b3.jpg"]
+    frame = model.predict(pd.DataFrame({IMAGE_COLUMN: [p.read_bytes() for p in images]}))
+    assert list(frame["label"]) == ["ants", "bees"]
+    assert frame[["prob_ants", "prob_bees"]].sum(axis=1).round(5).eq(1).all()
+    assert model.metadata.signature.inputs.input_names() == [IMAGE_COLUMN]
+    assert "python_model.pkl" not in str(model.metadata.to_dict())
+
+
+def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path, prefect_harness):
+    data = copy_slice(tmp_path / "data", {"train": 6, "val": 3})
+    (data / "train" / "bees" / "empty.jpg").write_bytes(b"")
+    project = make_project(tmp_path / "project", data,
+                           {"registry": {"model_name": "never-registered"}})
+    params = load_params(project / "params.yaml")
+    with pytest.raises(ValidationFailed, match="decodable"):
+        train_flow(params, str(project))
+    tracking.configure(params.tracking, project)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    parents = client.search_runs([experiment.experiment_id],
+                                 filter_string="tags.`tlpipe.kind` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert "train/bees/empty.jpg" in parents[0].data.tags["failure_reason"]
+    assert not (project / "outputs" / "features").exists()
+    assert client.search_registered_models(filter_string="name = 'never-registered'") == []
+    report_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id,
+                                                              "validation")}
+    assert "validation/report.md" in report_artifacts
+
+
+def test_failure_after_validation_marks_the_run_failed_and_registers_nothing(tmp_path,
+                                                                             prefect_harness):
+    data = copy_slice(tmp_path / "data", {"train": 6, "val": 3})
+    project = make_project(tmp_path / "project", data, {
+        "registry": {"model_name": "never-registered-2"},
+        "backbone": {"name": "timm/resnet18"},  # no network, no weights file: must fail
+    })
+    params = load_params(project / "params.yaml")
+    with pytest.raises(Exception, match="weights_file"):
+        train_flow(params, str(project))
+    tracking.configure(params.tracking, project)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`tlpipe.kind` = 'pipeline'")[0]
+    assert parent.info.status == "FAILED"
+    assert "backbone" in parent.data.tags["failure_reason"]
+    assert client.search_registered_models(filter_string="name = 'never-registered-2'") == []
+    shutil.rmtree(project / "outputs", ignore_errors=True)
