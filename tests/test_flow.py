@@ -8,10 +8,12 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
 from tlpipe import tracking
+from tlpipe.cli import app
 from tlpipe.config import load_params
 from tlpipe.serving import IMAGE_COLUMN
 from tlpipe.validation import ValidationFailed
@@ -28,7 +30,7 @@ def trained(tmp_path_factory, small_data, prefect_harness):
 
 
 def test_registers_a_challenger_traceable_to_code_data_and_params(trained):
-    project, params, first, second = trained
+    _, params, first, second = trained
     client = MlflowClient()
     assert (int(first["model"]["version"]), int(second["model"]["version"])) == (1, 2)
     challenger = client.get_model_version_by_alias(params.registry.model_name, "challenger")
@@ -95,6 +97,17 @@ def test_registered_model_loads_without_pickles_and_classifies_real_images(train
     assert frame[["prob_ants", "prob_bees"]].sum(axis=1).round(5).eq(1).all()
     assert model.metadata.signature.inputs.input_names() == [IMAGE_COLUMN]
     assert "python_model.pkl" not in str(model.metadata.to_dict())
+
+
+def test_cli_predict_prints_top_labels_from_the_registry(trained, demo_root, monkeypatch):
+    project, *_ = trained
+    monkeypatch.chdir(project)
+    bee = demo_root / "val" / "bees" / "1032546534_06907fe3b3.jpg"
+    result = CliRunner().invoke(app, ["predict", str(bee), "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().startswith(f"{bee}: bees 0.")
+    missing = CliRunner().invoke(app, ["predict", str(bee), "--alias", "nonexistent"])
+    assert missing.exit_code == 1 and "nonexistent" in missing.output
 
 
 def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path, prefect_harness):

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; no display on servers or CI
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -117,5 +118,7 @@ def plot_learning_curves(histories: dict[str, list[dict]], target: Path) -> Path
         axes[0, column].legend()
         axes[1, column].plot(x, [e["val_accuracy"] for e in epochs], color="tab:green")
         axes[1, column].set(title=f"{name}: validation accuracy", xlabel="epoch", ylim=(0, 1.02))
+        for axis in axes[:, column]:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     return _save_figure(figure, target)

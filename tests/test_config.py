@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tlpipe.cli import app
+from tlpipe.config import ConfigError, Params, load_params
+
+REPO_PARAMS = "params.yaml"
+
+
+def _write(tmp_path, payload) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return str(path)
+
+
+def test_the_committed_params_file_is_valid():
+    params = load_params(REPO_PARAMS)
+    assert params.backbone.name == "efficientnet_lite0"
+    assert params.validation.quarantine == ["format"]
+
+
+@pytest.mark.parametrize(("payload", "key"), [
+    ({"head": {"lr": "fast"}}, "head.lr"),
+    ({"head": {"learning_rate": 0.1}}, "head.learning_rate"),
+    ({"finetune": {"epochs": -1}}, "finetune.epochs"),
+    ({"split": {"test_fraction": 0.5, "val_fraction": 0.5}}, "split"),
+    ({"features": {"precision": "fp8"}}, "features.precision"),
+    ({"validation": {"quarantine": ["everything"]}}, "validation.quarantine.0"),
+    ({"backbones": {}}, "backbones"),
+])
+def test_bad_settings_fail_with_the_key_named(tmp_path, payload, key):
+    with pytest.raises(ConfigError) as error:
+        load_params(_write(tmp_path, payload))
+    assert key in str(error.value)
+
+
+def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("head: [unclosed")
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
+        load_params(broken)
+
+
+def test_digest_changes_with_any_setting():
+    assert Params().digest() != Params.model_validate({"head": {"lr": 0.01}}).digest()
+    assert Params().digest() == Params().digest()
+
+
+def test_cli_rejects_a_bad_override_before_doing_anything(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--params", _write(tmp_path, {}), "--set",
+                                      "head.lr=-1"])
+    assert result.exit_code == 2
+    assert "head.lr" in result.output
+
+
+def test_every_command_explains_itself():
+    runner = CliRunner()
+    for command in ([], ["run"], ["validate"], ["demo-data"], ["predict"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, command
+    assert "--set" in runner.invoke(app, ["run", "--help"]).output

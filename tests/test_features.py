@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlpipe.features import PLAIN_VIEW, FeatureCache, FeatureSpec
+from tlpipe.fsio import atomic_path
+
+SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "bf16", True, 1)
+
+
+def test_keys_follow_content_weights_preprocessing_and_view():
+    key = SPEC.key("a" * 64, 1)
+    assert key == SPEC.key("a" * 64, 1)
+    assert key != SPEC.key("b" * 64, 1)
+    assert key != SPEC.key("a" * 64, 2)
+    assert key != FeatureSpec("other", *list(SPEC.__dict__.values())[1:]).key("a" * 64, 1)
+    # The plain view does not depend on the augmentation policy.
+    other_policy = FeatureSpec("weights", {"input_size": 224}, {}, "bf16", True, 1)
+    assert SPEC.key("a" * 64, PLAIN_VIEW) == other_policy.key("a" * 64, PLAIN_VIEW)
+    assert SPEC.key("a" * 64, 1) != other_policy.key("a" * 64, 1)
+
+
+def test_cache_round_trip_leaves_no_temporary_files(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put("ab" + "0" * 62, np.arange(4, dtype=np.float32))
+    assert "ab" + "0" * 62 in cache
+    assert np.array_equal(cache.get("ab" + "0" * 62), np.arange(4))
+    assert [p.name for p in tmp_path.rglob("*")] == ["ab", "ab" + "0" * 62 + ".npy"]
+
+
+def test_an_interrupted_write_leaves_no_entry(tmp_path):
+    target = tmp_path / "cd" / "entry.npy"
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as temporary:
+        temporary.write_bytes(b"half a vec")
+        raise KeyboardInterrupt
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []

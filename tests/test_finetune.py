@@ -1,0 +1,82 @@
+"""Fine-tuning on real images with the real pretrained backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import copy_slice
+from tlpipe.backbones import load_backbone
+from tlpipe.config import AugmentConfig, FinetuneConfig, HeadConfig
+from tlpipe.finetune import Classifier, FinetuneData, finetune, parameter_groups
+from tlpipe.head import build_head
+
+CONFIG = FinetuneConfig(epochs=2, batch_size=4, unfreeze_blocks=2, patience=5)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = copy_slice(tmp_path_factory.mktemp("ft"), {"train": 4, "val": 2})
+
+    def rows(split):
+        paths = sorted(p.relative_to(root).as_posix() for p in (root / split).rglob("*.jpg"))
+        return paths, [0 if "/ants/" in p else 1 for p in paths]
+
+    (train_paths, train_labels), (val_paths, val_labels) = rows("train"), rows("val")
+    return FinetuneData(root, train_paths, train_labels, val_paths, val_labels, 2)
+
+
+def _head(backbone):
+    torch.manual_seed(0)
+    return build_head(HeadConfig(), backbone.num_features, 2)
+
+
+def test_batchnorm_statistics_stay_bit_identical_through_an_epoch(backbone, data, tmp_path):
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()
+              if "running" in k or "num_batches" in k}
+    config = CONFIG.model_copy(update={"epochs": 1})
+    result = finetune(backbone, _head(backbone), data, config, AugmentConfig(), 0,
+                      tmp_path / "ck.pt")
+    after = result.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # Weights of the unfrozen top did move, so the epoch really trained.
+    top = backbone.model.conv_head.weight
+    assert not torch.equal(top, result.model.backbone.conv_head.weight)
+    result.model.train()
+    assert all(not m.training for m in result.model.backbone.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_learning_rates_shrink_deeper_and_only_the_top_blocks_train(backbone):
+    model = Classifier(backbone.model, _head(backbone))
+    groups = parameter_groups(model, [list(b.parameters()) for b in backbone.blocks], CONFIG)
+    assert [g["lr"] for g in groups] == [1e-4, 5e-5, 2.5e-5]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for g in groups for p in g["params"]}
+    assert not any(p.requires_grad for p in backbone.blocks[0].parameters())
+    backbone.model.requires_grad_(False)  # leave the shared fixture frozen
+
+
+def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
+        backbone, data, tmp_path):
+    whole = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3,
+                     tmp_path / "whole.pt")
+
+    def stop_after_first_epoch(epoch, record):
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "split.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint,
+                 on_epoch_end=stop_after_first_epoch)
+    resumed = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint)
+    assert resumed.resumed_from_epoch == 0 and resumed.epochs_run == 1
+    assert [e["epoch"] for e in resumed.history.epochs] == [0, 1]
+    assert resumed.history.epochs == whole.history.epochs
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.images import write_class_folder
+from tlpipe.config import DataConfig, SplitConfig
+from tlpipe.manifest import DataLayoutError, build_manifest
+
+DATA, SPLIT = DataConfig(), SplitConfig(test_fraction=0.25, val_fraction=0.25)
+
+
+def _build(root, split=SPLIT):
+    return build_manifest(root, DATA, split, max_pixels=10**8, workers=2)
+
+
+def test_rows_describe_each_file(tmp_path):
+    write_class_folder(tmp_path, "cats", 3)
+    frame = _build(tmp_path)
+    row = frame.iloc[0]
+    assert row["path"].startswith("cats/") and row["label"] == "cats"
+    assert len(row["sha256"]) == 64 and row["bytes"] > 0
+    assert (row["format"], row["width"], row["height"], row["mode"]) == ("PNG", 96, 64, "RGB")
+    assert bool(row["decodable"]) and bool(row["inside_root"])
+
+
+def test_adding_images_never_moves_an_old_image_to_another_split(tmp_path):
+    write_class_folder(tmp_path, "cats", 20)
+    write_class_folder(tmp_path, "dogs", 20)
+    before = _build(tmp_path).set_index("path")["split"]
+    write_class_folder(tmp_path, "cats", 15, start=100)
+    after = _build(tmp_path).set_index("path")["split"]
+    assert after.loc[before.index].equals(before)
+    assert set(before) == {"train", "val", "test"}
+
+
+def test_given_val_becomes_test_and_validation_is_carved_from_train(tmp_path):
+    write_class_folder(tmp_path / "train", "cats", 30)
+    write_class_folder(tmp_path / "train", "dogs", 30)
+    write_class_folder(tmp_path / "val", "cats", 5, start=500)
+    write_class_folder(tmp_path / "val", "dogs", 5, start=500)
+    frame = _build(tmp_path)
+    assert set(frame.loc[frame["source_split"] == "val", "split"]) == {"test"}
+    assert set(frame.loc[frame["source_split"] == "train", "split"]) == {"train", "val"}
+
+
+def test_junk_is_ignored_and_empty_classes_are_remembered(tmp_path):
+    write_class_folder(tmp_path, "cats", 3)
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "cats" / ".DS_Store").write_bytes(b"\0\0junk")
+    (tmp_path / "cats" / "Thumbs.db").write_bytes(b"junk")
+    frame = _build(tmp_path)
+    assert len(frame) == 3
+    assert frame.attrs["classes"] == ["cats", "dogs"]
+
+
+def test_symlink_leading_outside_the_data_folder_is_flagged(tmp_path):
+    outside = write_class_folder(tmp_path / "elsewhere", "x", 1)[0]
+    data = tmp_path / "data"
+    write_class_folder(data, "cats", 2)
+    os.symlink(outside, data / "cats" / "link.png")
+    frame = _build(data).set_index("path")
+    assert not frame.loc["cats/link.png", "inside_root"]
+    assert frame.drop("cats/link.png")["inside_root"].all()
+
+
+def test_missing_folder_says_what_to_do(tmp_path):
+    with pytest.raises(DataLayoutError, match="tlpipe demo-data"):
+        _build(tmp_path / "nope")

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+
+from mlflow.tracking import MlflowClient
+
+from tlpipe import tracking
+from tlpipe.config import TrackingConfig
+
+
+def _context(tmp_path):
+    experiment = tracking.configure(TrackingConfig(), tmp_path)
+    parent = tracking.start_parent_run(experiment, "t", {})
+    return tracking.RunContext(experiment, parent, tracking.tracking_uri(TrackingConfig(),
+                                                                         tmp_path))
+
+
+def test_store_lives_inside_the_project(tmp_path):
+    tracking.configure(TrackingConfig(), tmp_path)
+    assert (tmp_path / "mlflow" / "mlflow.db").is_file()
+    assert (tmp_path / "mlflow" / "artifacts").is_dir()
+
+
+def test_a_retried_stage_reuses_its_child_run(tmp_path):
+    context = _context(tmp_path)
+    first = tracking.child_run_id(context, "features")
+    again = tracking.child_run_id(context, "features")
+    other = tracking.child_run_id(context, "head")
+    assert first == again != other
+    run = MlflowClient().get_run(first)
+    assert run.data.tags["mlflow.parentRunId"] == context.parent_run_id
+
+
+def test_a_failing_stage_is_marked_failed_with_its_reason(tmp_path):
+    context = _context(tmp_path)
+    try:
+        with tracking.stage_run(context, "head"):
+            raise ValueError("head.lr: too high")
+    except ValueError:
+        pass
+    run = MlflowClient().get_run(tracking.child_run_id(context, "head"))
+    assert run.data.tags["failure_reason"] == "ValueError: head.lr: too high"
+
+
+def test_runs_of_killed_processes_are_marked_failed_by_the_next_run(tmp_path):
+    context = _context(tmp_path)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    client = MlflowClient()
+    client.set_tag(context.parent_run_id, tracking.PID_TAG, str(ended.pid))
+    assert tracking.mark_abandoned_runs(context.experiment_id) == [context.parent_run_id]
+    run = client.get_run(context.parent_run_id)
+    assert run.info.status == "FAILED" and "killed" in run.data.tags["failure_reason"]

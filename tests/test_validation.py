@@ -1,0 +1,130 @@
+"""The Great Expectations gate on folders the tests break on purpose."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.images import decompression_bomb, odd_but_valid, truncated_jpeg, write_class_folder
+from tlpipe.cli import app
+from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
+from tlpipe.manifest import build_manifest
+from tlpipe.validation import validate_manifest
+
+CONFIG = ValidationConfig()
+
+
+def _gate(root, config=CONFIG, expected=None):
+    manifest = build_manifest(root, DataConfig(), SplitConfig(), config.max_pixels, workers=2)
+    return validate_manifest(manifest, config, expected)
+
+
+def _failed(report) -> dict[str, list[str]]:
+    return {r.rule: [o.get("path") or o.get("label") for o in r.offenders]
+            for r in report.failures}
+
+
+@pytest.fixture
+def healthy(tmp_path):
+    write_class_folder(tmp_path, "ants", 8)
+    write_class_folder(tmp_path, "bees", 8)
+    return tmp_path
+
+
+def test_a_healthy_folder_passes_every_rule(healthy):
+    report, kept = _gate(healthy, expected=["ants", "bees"])
+    assert report.passed and not report.failures and len(kept) == 16
+
+
+def test_broken_files_fail_by_name(healthy):
+    (healthy / "ants" / "zero.jpg").write_bytes(b"")
+    (healthy / "ants" / "notes.jpg").write_text("definitely not a JPEG")
+    truncated_jpeg(healthy / "bees" / "cut.jpg")
+    report, _ = _gate(healthy)
+    assert not report.passed
+    assert sorted(_failed(report)["decodable"]) == ["ants/notes.jpg", "ants/zero.jpg",
+                                                   "bees/cut.jpg"]
+
+
+def test_decompression_bomb_fails_the_pixel_rule(healthy):
+    decompression_bomb(healthy / "bees" / "bomb.png")
+    report, _ = _gate(healthy)
+    assert _failed(report)["max_pixels"] == ["bees/bomb.png"]
+    detail = next(r for r in report.failures if r.rule == "max_pixels").offenders[0]["detail"]
+    assert "20000x20000" in detail
+
+
+def test_identical_content_in_two_classes_fails(healthy):
+    shutil.copy2(healthy / "ants" / "ants_0.png", healthy / "bees" / "copy_of_ant.png")
+    report, _ = _gate(healthy)
+    assert sorted(_failed(report)["duplicates"]) == ["ants/ants_0.png", "bees/copy_of_ant.png"]
+
+
+def test_an_empty_class_fails_the_minimum(healthy):
+    (healthy / "wasps").mkdir()
+    report, _ = _gate(healthy)
+    assert _failed(report)["min_images_per_class"] == ["wasps"]
+
+
+def test_one_class_only_fails(tmp_path):
+    write_class_folder(tmp_path, "ants", 8)
+    report, _ = _gate(tmp_path)
+    assert "class_count" in _failed(report)
+
+
+def test_unexpected_classes_and_imbalance_fail(tmp_path):
+    write_class_folder(tmp_path, "ants", 30)
+    write_class_folder(tmp_path, "bees", 6)
+    config = ValidationConfig(max_class_imbalance=3.0)
+    report, _ = _gate(tmp_path, config, expected=["ants", "wasps"])
+    failed = _failed(report)
+    assert failed["class_imbalance"] == ["bees"]
+    assert "expected_classes" in failed
+
+
+def test_quarantine_excludes_offenders_and_records_them(healthy):
+    Image.new("RGB", (8, 8)).save(healthy / "ants" / "tiny.png")
+    config = ValidationConfig(quarantine=["min_side"])
+    report, kept = _gate(healthy, config)
+    assert report.passed
+    assert [q["path"] for q in report.quarantined] == ["ants/tiny.png"]
+    assert "ants/tiny.png" not in set(kept["path"])
+    assert "QUARANTINED" in report.to_markdown()
+
+
+def test_quarantine_cannot_hide_a_class_that_becomes_too_small(tmp_path):
+    write_class_folder(tmp_path, "ants", 8)
+    (tmp_path / "bees").mkdir()
+    for index in range(6):
+        (tmp_path / "bees" / f"broken{index}.jpg").write_bytes(b"nope" * index)
+    report, _ = _gate(tmp_path, ValidationConfig(quarantine=["decodable"]))
+    assert not report.passed and _failed(report)["min_images_per_class"] == ["bees"]
+
+
+def test_odd_but_valid_images_pass(healthy):
+    odd = odd_but_valid(healthy / "bees")
+    assert len(odd) == 6
+    report, kept = _gate(healthy, ValidationConfig(min_side=32))
+    assert report.passed, report.to_markdown()
+    assert len(kept) == 22
+
+
+def test_cli_validate_exit_codes_and_names_the_file(healthy):
+    runner = CliRunner()
+    passed = runner.invoke(app, ["validate", str(healthy)])
+    assert passed.exit_code == 0, passed.output
+    (healthy / "bees" / "zero.jpg").write_bytes(b"")
+    failed = runner.invoke(app, ["validate", str(healthy)])
+    assert failed.exit_code == 1
+    assert "bees/zero.jpg" in failed.output and "decodable" in failed.output
+
+
+def test_cli_validate_flags_the_demo_sets_gif(demo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("validation: {quarantine: []}\n")
+    result = CliRunner().invoke(app, ["validate", str(demo_root), "--params", str(params)])
+    assert result.exit_code == 1
+    assert "train/ants/imageNotFound.gif: format GIF" in result.output
