@@ -44,7 +44,9 @@ def finetune(context: RunContext, params: Params, project: Path) -> dict:
         result = steps.finetune_step(params, project, on_epoch_end=log_epoch)
         if result["resumed_from_epoch"] is not None:
             mlflow.set_tag("resumed_from_epoch", result["resumed_from_epoch"])
-            print(f"finetune: resumed after epoch {result['resumed_from_epoch'] + 1} "
-                  f"from {result['checkpoint']}")
+            done = result["resumed_from_epoch"] + 1
+            print(f"finetune: reused the finished run in {result['checkpoint']}"
+                  if result["epochs_run"] == 0 else
+                  f"finetune: resumed after epoch {done} from {result['checkpoint']}")
         mlflow.log_metric("epochs_run", result["epochs_run"])
         return {k: v for k, v in result.items() if k != "history"}

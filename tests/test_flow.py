@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pandas as pd
 import pytest
@@ -13,6 +11,7 @@ from typer.testing import CliRunner
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
 from tlpipe import tracking
+from tlpipe.backbones import BackboneError
 from tlpipe.cli import app
 from tlpipe.config import load_params
 from tlpipe.serving import IMAGE_COLUMN
@@ -110,13 +109,14 @@ def test_cli_predict_prints_top_labels_from_the_registry(trained, demo_root, mon
     assert missing.exit_code == 1 and "nonexistent" in missing.output
 
 
-def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path, prefect_harness):
+def _failing_run(tmp_path, extra: dict, error: type[Exception], match: str,
+                 break_data=lambda data: None):
+    """Run the flow on a small slice that must fail; return the project and its one run."""
     data = copy_slice(tmp_path / "data", {"train": 6, "val": 3})
-    (data / "train" / "bees" / "empty.jpg").write_bytes(b"")
-    project = make_project(tmp_path / "project", data,
-                           {"registry": {"model_name": "never-registered"}})
+    break_data(data)
+    project = make_project(tmp_path / "project", data, extra)
     params = load_params(project / "params.yaml")
-    with pytest.raises(ValidationFailed, match="decodable"):
+    with pytest.raises(error, match=match):
         train_flow(params, str(project))
     tracking.configure(params.tracking, project)
     client = MlflowClient()
@@ -124,30 +124,27 @@ def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path,
     parents = client.search_runs([experiment.experiment_id],
                                  filter_string="tags.`tlpipe.kind` = 'pipeline'")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
-    assert "train/bees/empty.jpg" in parents[0].data.tags["failure_reason"]
+    name = params.registry.model_name
+    assert client.search_registered_models(filter_string=f"name = '{name}'") == []
+    return project, parents[0]
+
+
+def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path, prefect_harness):
+    def add_empty_file(data):
+        (data / "train" / "bees" / "empty.jpg").write_bytes(b"")
+
+    project, run = _failing_run(tmp_path, {"registry": {"model_name": "never-registered"}},
+                                ValidationFailed, "decodable", add_empty_file)
+    assert "train/bees/empty.jpg" in run.data.tags["failure_reason"]
     assert not (project / "outputs" / "features").exists()
-    assert client.search_registered_models(filter_string="name = 'never-registered'") == []
-    report_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id,
-                                                              "validation")}
-    assert "validation/report.md" in report_artifacts
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "validation")}
+    assert "validation/report.md" in artifacts
 
 
 def test_failure_after_validation_marks_the_run_failed_and_registers_nothing(tmp_path,
                                                                              prefect_harness):
-    data = copy_slice(tmp_path / "data", {"train": 6, "val": 3})
-    project = make_project(tmp_path / "project", data, {
-        "registry": {"model_name": "never-registered-2"},
-        "backbone": {"name": "timm/resnet18"},  # no network, no weights file: must fail
-    })
-    params = load_params(project / "params.yaml")
-    with pytest.raises(Exception, match="weights_file"):
-        train_flow(params, str(project))
-    tracking.configure(params.tracking, project)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(params.tracking.experiment)
-    parent = client.search_runs([experiment.experiment_id],
-                                filter_string="tags.`tlpipe.kind` = 'pipeline'")[0]
-    assert parent.info.status == "FAILED"
-    assert "backbone" in parent.data.tags["failure_reason"]
-    assert client.search_registered_models(filter_string="name = 'never-registered-2'") == []
-    shutil.rmtree(project / "outputs", ignore_errors=True)
+    # timm/resnet18 with no network and no weights file must fail, never fall back to random.
+    _, run = _failing_run(tmp_path, {"registry": {"model_name": "never-registered-2"},
+                                     "backbone": {"name": "timm/resnet18"}},
+                          BackboneError, "weights_file")
+    assert "backbone" in run.data.tags["failure_reason"]

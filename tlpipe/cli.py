@@ -51,15 +51,14 @@ def _overrides(pairs: list[str] | None, data: Path | None) -> dict:
 
 
 def _load(params: Path, pairs: list[str] | None = None, data: Path | None = None):
-    from tlpipe.config import ConfigError, Params, load_params, parse_params
+    from tlpipe.config import ConfigError, load_params, parse_params
 
     try:
-        if params.is_file():
+        # Without a params.yaml in the project, the built-in defaults apply; a file named
+        # explicitly must exist (load_params says so, naming it).
+        if params.is_file() or params != Path("params.yaml"):
             return load_params(params, _overrides(pairs, data))
-        if params != Path("params.yaml"):
-            load_params(params)  # raises the "not found" error naming the file
-        return parse_params(_overrides(pairs, data), "built-in defaults") if (pairs or data) \
-            else Params()
+        return parse_params(_overrides(pairs, data), "built-in defaults")
     except ConfigError as error:
         _fail(str(error), 2)
 

@@ -65,7 +65,7 @@ class AugmentConfig(Section):
     horizontal_flip: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     color_jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     trivial_augment: bool = True
-    preview_images: Annotated[int, Field(ge=0, le=64)] = 16
+    preview_images: Annotated[int, Field(ge=1, le=64)] = 16  # augmented tiles in the preview
 
     @model_validator(mode="after")
     def _scale_ordered(self) -> AugmentConfig:

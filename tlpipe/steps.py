@@ -20,6 +20,8 @@ from tlpipe.config import Params
 from tlpipe.fsio import sha256_text, write_atomic, write_json, write_text
 from tlpipe.manifest import build_manifest, load_manifest, manifest_fingerprint, save_manifest
 
+PREVIEW_VIEWS = 4  # augmented views beside each plain image in the preview grid
+
 
 @dataclass(frozen=True)
 class Outputs:
@@ -105,12 +107,14 @@ def preview_augmentation(params: Params, project_dir: Path) -> dict:
     from tlpipe.augment import save_augmentation_preview
 
     out = outputs_for(params, project_dir)
+    rows = max(1, params.augment.preview_images // PREVIEW_VIEWS)
     train = load_manifest(out.validated).query("split == 'train'")
-    sample = train.sort_values("sha256").groupby("label").head(
-        max(1, params.augment.preview_images // 4 // max(train["label"].nunique(), 1)))
-    save_augmentation_preview(data_root(params, project_dir), sample["path"].tolist()[:8],
+    # Ordering by content hash gives a fixed, unbiased sample; round-robin over classes.
+    ranked = train.sort_values("sha256")
+    ranked = ranked.assign(rank=ranked.groupby("label").cumcount()).sort_values(["rank", "label"])
+    save_augmentation_preview(data_root(params, project_dir), ranked["path"].tolist()[:rows],
                               backbone_for(params, project_dir).preprocessing, params.augment,
-                              params.seed, out.preview)
+                              params.seed, out.preview, PREVIEW_VIEWS)
     return {"preview": str(out.preview)}
 
 
