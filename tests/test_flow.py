@@ -143,8 +143,9 @@ def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path,
 
 def test_failure_after_validation_marks_the_run_failed_and_registers_nothing(tmp_path,
                                                                              prefect_harness):
-    # timm/resnet18 with no network and no weights file must fail, never fall back to random.
+    # A backbone whose weights file is missing must fail, never fall back to random weights.
+    backbone = {"name": "timm/resnet18", "weights_file": "missing.pth"}
     _, run = _failing_run(tmp_path, {"registry": {"model_name": "never-registered-2"},
-                                     "backbone": {"name": "timm/resnet18"}},
+                                     "backbone": backbone},
                           BackboneError, "weights_file")
     assert "backbone" in run.data.tags["failure_reason"]

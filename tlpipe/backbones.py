@@ -214,7 +214,8 @@ def _load_timm(model_name: str, weights_file: Path | None) -> Backbone:
             raise BackboneError(
                 f"backbone.name: timm/{model_name} pretrained weights could not be loaded "
                 f"({type(error).__name__}). Without network access, download the weights "
-                "elsewhere and set backbone.weights_file to the local file"
+                "elsewhere and set backbone.weights_file to the local file (set "
+                "HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries)"
             ) from None
     blocks = _efficientnet_blocks(model) if hasattr(model, "conv_stem") else _child_blocks(model)
     return Backbone(f"timm/{model_name}", model, model.num_features,
