@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
-from tlpipe import tracking
+from tlpipe import steps, tracking
 from tlpipe.backbones import BackboneError
 from tlpipe.cli import app
 from tlpipe.config import load_params
+from tlpipe.model_io import load_classifier
 from tlpipe.serving import IMAGE_COLUMN
 from tlpipe.validation import ValidationFailed
 
@@ -96,6 +101,20 @@ def test_registered_model_loads_without_pickles_and_classifies_real_images(train
     assert frame[["prob_ants", "prob_bees"]].sum(axis=1).round(5).eq(1).all()
     assert model.metadata.signature.inputs.input_names() == [IMAGE_COLUMN]
     assert "python_model.pkl" not in str(model.metadata.to_dict())
+
+
+def test_zero_finetune_epochs_registers_the_head_on_the_frozen_backbone(trained):
+    project, params, _, _ = trained
+    head_only = params.model_copy(update={
+        "finetune": params.finetune.model_copy(update={"epochs": 0}),
+        "outputs_dir": project / "outputs-head-only"})
+    shutil.copytree(project / "outputs", head_only.outputs_dir)
+    result = steps.finetune_step(head_only, project)
+    assert result["epochs_run"] == 0 and result["history"] == []
+    model, _ = load_classifier(Path(result["model_dir"]))
+    backbone = steps.backbone_for(params, project)
+    assert torch.equal(model.backbone.conv_head.weight, backbone.model.conv_head.weight)
+    assert steps.evaluate_step(head_only, project)["accuracy"] >= 0.75
 
 
 def test_cli_predict_prints_top_labels_from_the_registry(trained, demo_root, monkeypatch):

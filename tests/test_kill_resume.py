@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from tlpipe.config import load_params
 
 
 def _tlpipe(project: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tlpipe.cli", "run"]
-    return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # Earlier tests' mlflow.set_tracking_uri() exported MLFLOW_TRACKING_URI; a user's shell
+    # would not have it, and the run must use the project's own store.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_killed_run_is_marked_failed_and_the_next_run_resumes_fine_tuning(tmp_path):
