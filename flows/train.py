@@ -7,13 +7,19 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.data import build_manifest, validate_data
-from tasks.evaluation import evaluate
-from tasks.features import extract_features, preview_augmentation
-from tasks.registration import register_model
-from tasks.training import finetune, train_head
+from tasks.steps import (
+    build_manifest,
+    evaluate,
+    extract_features,
+    finetune,
+    preview_augmentation,
+    register_model,
+    train_head,
+    validate_data,
+)
 from tlpipe.config import Params
-from tlpipe.tracking import git_state, pipeline_run
+from tlpipe.steps import data_root
+from tlpipe.tracking import lineage_tags, pipeline_run
 
 
 @flow(name="tlpipe-train", log_prints=True)
@@ -22,7 +28,8 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
     held-out test split, and register the model as the challenger."""
     project = Path(project_dir).resolve()
     tags = {"params_hash": params.digest(), "backbone": params.backbone.name,
-            "prefect_flow_run_id": str(flow_run.get_id())}
+            "prefect_flow_run_id": str(flow_run.get_id()), "trigger": "flow",
+            **lineage_tags(project, data_root(params, project))}
     with pipeline_run(params.tracking, project, "train", tags) as run:
         build_manifest(run, params, project)
         data = validate_data(run, params, project)
@@ -31,7 +38,7 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
         train_head(run, params, project)
         finetune(run, params, project)
         evaluation = evaluate(run, params, project)
-        facts = {**tags, **git_state(project), "data_fingerprint": data["fingerprint"],
+        facts = {**tags, "data_fingerprint": data["fingerprint"],
                  "weights_digest": features["weights_digest"],
                  **{k: round(v, 6) for k, v in evaluation["headline"].items()
                     if k in ("test_accuracy", "test_macro_f1", "test_ece")}}

@@ -1,9 +1,8 @@
-"""What every task shares: which failures are worth a retry, and flat MLflow params."""
+"""What every task shares: which failures are worth a retry."""
 
 from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -15,7 +14,3 @@ def transient_only(task, task_run, state) -> bool:
     except BaseException:
         return False
     return False
-
-
-def flat_params(prefix: str, section: BaseModel) -> dict[str, str]:
-    return {f"{prefix}.{key}": str(value) for key, value in section.model_dump(mode="json").items()}

@@ -124,13 +124,14 @@ def demo_data(
         "data/raw/hymenoptera_data"),
 ) -> None:
     """Get the ants-vs-bees demo data (download, or --from a local copy), checksum-verified."""
-    from tlpipe.demo_data import DemoDataError, fetch_demo_data
+    from tlpipe.demo_data import DemoDataError, fetch_demo_data, track_with_dvc
 
     try:
         path = fetch_demo_data(dest, from_)
     except DemoDataError as error:
         _fail(str(error), 1)
-    typer.echo(f"demo data ready at {path}")
+    pointer = track_with_dvc(path)
+    typer.echo(f"demo data ready at {path}" + (f", pinned by {pointer}" if pointer else ""))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -38,6 +39,23 @@ def _check(root: Path, origin: str) -> None:
         raise DemoDataError(f"{origin}: content digest {digest[:16]} ({count} files) does not "
                             f"match the pinned demo data {DEMO_TREE_SHA256[:16]} "
                             f"({DEMO_FILES} files); the copy is incomplete or altered")
+
+
+def track_with_dvc(path: Path) -> Path | None:
+    """``dvc add`` the folder when it lies in a DVC project; return the .dvc pointer file.
+
+    The pointer pins the data's content; committing it lets ``dvc repro`` and ``dvc pull``
+    find exactly this version again.
+    """
+    import subprocess
+
+    path = Path(path).resolve()
+    root = next((p for p in path.parents if (p / ".dvc").is_dir()), None)
+    if root is None:
+        return None
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(path.relative_to(root))],
+                   cwd=root, check=True)
+    return Path(f"{path}.dvc")
 
 
 def fetch_demo_data(destination: Path, source: Path | None = None) -> Path:

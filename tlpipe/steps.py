@@ -43,6 +43,9 @@ class Outputs:
     confusion_png = property(lambda self: self.root / "evaluate" / "confusion_matrix.png")
     curves_png = property(lambda self: self.root / "evaluate" / "learning_curves.png")
     model_card = property(lambda self: self.root / "evaluate" / "model_card.md")
+    # Plot data for `dvc plots`: one record per epoch, one record per test image.
+    curves_json = property(lambda self: self.root / "evaluate" / "learning_curves.json")
+    predictions_json = property(lambda self: self.root / "evaluate" / "predictions.json")
 
 
 def resolve(project_dir: Path, path: Path) -> Path:
@@ -252,6 +255,12 @@ def evaluate_step(params: Params, project_dir: Path) -> dict:
                  for stage, path in (("head", out.head_history),
                                      ("finetune", out.finetune_history)) if path.is_file()}
     plot_learning_curves(histories, out.curves_png)
+    write_json(out.curves_json, [{"stage": stage, **record} for stage, epochs in histories.items()
+                                 for record in epochs])
+    predicted = probabilities.argmax(axis=1)
+    write_json(out.predictions_json, [
+        {"path": path, "actual": spec.classes[truth], "predicted": spec.classes[guess]}
+        for path, truth, guess in zip(test["path"], y_true, predicted, strict=True)])
     return {"metrics": str(out.metrics), "confusion_matrix": str(out.confusion_png),
             "learning_curves": str(out.curves_png), **{k: metrics[k] for k in
                                                         ("accuracy", "macro_f1", "ece")}}

@@ -82,7 +82,7 @@ class RunContext:
 def start_parent_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=run_name, tags={
-        **tags, KIND_TAG: "pipeline", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+        KIND_TAG: "pipeline", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **tags,
     })
     return run.info.run_id
 
@@ -165,7 +165,7 @@ def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
     on any error, including KeyboardInterrupt and SystemExit from a termination signal."""
     experiment_id = configure(tracking, project_dir)
     mark_abandoned_runs(experiment_id)
-    parent = start_parent_run(experiment_id, run_name, {**git_state(project_dir), **tags})
+    parent = start_parent_run(experiment_id, run_name, tags)
     context = RunContext(experiment_id, parent, mlflow.get_tracking_uri())
     try:
         yield context
@@ -173,3 +173,41 @@ def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
         finish_run(parent, error)
         raise
     finish_run(parent)
+
+
+def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
+    """Where a run came from: the git commit, the DVC version of its data, the dvc.lock hash."""
+    import hashlib
+
+    import yaml
+
+    tags = git_state(project_dir)
+    pointer = Path(f"{data_root}.dvc")
+    if pointer.is_file():
+        outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
+        tags["data_dvc_md5"] = str(outs[0].get("md5", "unknown"))
+    else:
+        tags["data_dvc_md5"] = "untracked"
+    lock = project_dir / "dvc.lock"
+    tags["dvc_lock_sha256"] = (hashlib.sha256(lock.read_bytes()).hexdigest()
+                               if lock.is_file() else "none")
+    return tags
+
+
+SESSION_TAG = "tlpipe.session"
+
+
+def session_run(tracking: TrackingConfig, project_dir: Path, session: str,
+                tags: dict[str, str]) -> RunContext:
+    """The parent run shared by every stage of one session (one ``dvc repro``), reopened."""
+    experiment_id = configure(tracking, project_dir)
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.`{SESSION_TAG}` = '{session}'",
+                               max_results=1)
+    if found:
+        parent = found[0].info.run_id
+        client.update_run(parent, status="RUNNING")
+    else:
+        mark_abandoned_runs(experiment_id)
+        parent = start_parent_run(experiment_id, "dvc repro", {**tags, SESSION_TAG: session})
+    return RunContext(experiment_id, parent, mlflow.get_tracking_uri())
