@@ -171,5 +171,56 @@ def predict(
         typer.echo(f"{path}: {shown}")
 
 
+ModelUri = Annotated[str, typer.Argument(
+    help="Registered model, e.g. models:/ants-bees@challenger or models:/ants-bees/3.")]
+
+
+def _lineage_setup(params: Path):
+    apply_runtime_defaults(Path.cwd())
+    from tlpipe import tracking
+
+    tracking.configure(_load(params).tracking, Path.cwd())
+
+
+@app.command()
+def lineage(model_uri: ModelUri, params: ParamsOption = Path("params.yaml")) -> None:
+    """Print where a registered model came from: commit, data version, params, metrics."""
+    _lineage_setup(params)
+    from tlpipe.lineage import LineageError
+    from tlpipe.lineage import lineage as find_lineage
+
+    try:
+        typer.echo("\n".join(find_lineage(model_uri).lines()))
+    except LineageError as error:
+        _fail(str(error), 1)
+
+
+@app.command()
+def reproduce(
+    model_uri: ModelUri,
+    keep: Annotated[bool, typer.Option(help="Keep the worktree for inspection.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Rebuild a registered model with `dvc repro` at its commit and data, in a separate git
+    worktree, and report whether the rebuilt metrics match. Exit 0 on a match, 1 otherwise."""
+    _lineage_setup(params)
+    from tlpipe.lineage import LineageError
+    from tlpipe.lineage import reproduce as rebuild
+
+    try:
+        result = rebuild(model_uri, Path.cwd(), keep)
+    except LineageError as error:
+        _fail(str(error), 1)
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
+    for key in result.registered:
+        typer.echo(f"{key:<10} registered {result.registered[key]:.6f}  "
+                   f"rebuilt {result.rebuilt[key]:.6f}")
+    verdict = "MATCH" if result.matched else "MISMATCH"
+    typer.secho(f"{verdict}: {model_uri} rebuilt from commit {result.commit[:12]}",
+                fg=typer.colors.GREEN if result.matched else typer.colors.RED)
+    raise typer.Exit(0 if result.matched else 1)
+
+
 if __name__ == "__main__":
     app()
