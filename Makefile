@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Offline machines keep a copy of the demo data beside the project; elsewhere it downloads.
 DEMO_COPY := $(wildcard ../shared/datasets/hymenoptera_data)
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean repro plots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,21 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.dvc_stage`).
+repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# DVC plots as HTML that renders offline: vega, vega-lite and vega-embed from the npm registry.
+VEGA := .cache/vega/node_modules
+plots: $(STAMP)
+	test -f $(VEGA)/vega-embed/build/vega-embed.min.js || npm install --silent --no-fund --no-audit --prefix .cache/vega vega@5 vega-lite@5 vega-embed@6
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc plots show --html-template plots/template.html -o dvc_plots
+	cp $(VEGA)/vega/build/vega.min.js $(VEGA)/vega-lite/build/vega-lite.min.js $(VEGA)/vega-embed/build/vega-embed.min.js dvc_plots/
+	@echo "Open dvc_plots/index.html"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf outputs .cache .prefect mlflow
+	rm -rf .cache .prefect mlflow dvc_plots

@@ -60,7 +60,8 @@ def test_cli_rejects_a_bad_override_before_doing_anything(tmp_path):
 
 def test_every_command_explains_itself():
     runner = CliRunner()
-    for command in ([], ["run"], ["validate"], ["demo-data"], ["predict"]):
+    for command in ([], ["run"], ["validate"], ["demo-data"], ["predict"], ["lineage"],
+                    ["reproduce"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
     assert "--set" in runner.invoke(app, ["run", "--help"]).output

@@ -43,8 +43,10 @@ class Outputs:
     confusion_png = property(lambda self: self.root / "evaluate" / "confusion_matrix.png")
     curves_png = property(lambda self: self.root / "evaluate" / "learning_curves.png")
     model_card = property(lambda self: self.root / "evaluate" / "model_card.md")
-    # Plot data for `dvc plots`: one record per epoch, one record per test image.
-    curves_json = property(lambda self: self.root / "evaluate" / "learning_curves.json")
+    # Plot data for `dvc plots`: one record per epoch and stage, one record per test image.
+    def curves_json(self, stage: str) -> Path:
+        return self.root / "evaluate" / f"curves_{stage}.json"
+
     predictions_json = property(lambda self: self.root / "evaluate" / "predictions.json")
 
 
@@ -255,8 +257,8 @@ def evaluate_step(params: Params, project_dir: Path) -> dict:
                  for stage, path in (("head", out.head_history),
                                      ("finetune", out.finetune_history)) if path.is_file()}
     plot_learning_curves(histories, out.curves_png)
-    write_json(out.curves_json, [{"stage": stage, **record} for stage, epochs in histories.items()
-                                 for record in epochs])
+    for stage in ("head", "finetune"):
+        write_json(out.curves_json(stage), histories.get(stage, []))
     predicted = probabilities.argmax(axis=1)
     write_json(out.predictions_json, [
         {"path": path, "actual": spec.classes[truth], "predicted": spec.classes[guess]}
