@@ -126,6 +126,24 @@ def test_a_head_param_change_reruns_only_head_finetune_and_evaluate(repos, first
     sh("git", "checkout", "params.yaml", cwd=clone)
 
 
+def test_an_experiment_is_listed_by_dvc_and_tracked_in_mlflow(repos, first_repro):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    _, clone = repos
+    output = dvc("exp", "run", "-S", "head.label_smoothing=0.0", "-n", "no-smoothing",
+                 cwd=clone)
+    assert stages_run(output) == ["head", "finetune", "evaluate"]
+    assert "no-smoothing" in dvc("exp", "show", "--csv", cwd=clone)
+    mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow' / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tlpipe").experiment_id
+    heads = client.search_runs([experiment], "tags.`tlpipe.stage` = 'head' "
+                                             "and params.`head.label_smoothing` = '0.0'")
+    assert len(heads) == 1
+    sh("git", "checkout", "params.yaml", cwd=clone)
+
+
 def test_reproduce_rebuilds_a_registered_model_and_reports_a_match(repos, first_repro):
     origin, _ = repos
     sh("git", "add", "-A", cwd=origin)
