@@ -130,8 +130,8 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
     ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame = frame.astype({"width": "Int64", "height": "Int64", "bytes": "int64"})
+    # Nothing location-specific is stored: the file must hash the same in every checkout.
     frame.attrs["classes"] = list(layout.classes)
-    frame.attrs["root"] = str(root)
     return frame
 
 
