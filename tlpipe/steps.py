@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 from safetensors.torch import load_file, save_file
 
 from tlpipe.backbones import Backbone, file_sha256, load_backbone
@@ -248,7 +248,7 @@ def evaluate_step(params: Params, project_dir: Path) -> dict:
     probabilities = predict_probabilities(model, data_root(params, project_dir),
                                           test["path"].tolist(), spec.preprocessing_config,
                                           params.evaluation.batch_size)
-    y_true = torch.tensor([spec.classes.index(label) for label in test["label"]]).numpy()
+    y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins)
     write_json(out.metrics, metrics)

@@ -79,9 +79,7 @@ def features(context: RunContext, params: Params, project: Path) -> dict:
                            "backbone.name": params.backbone.name})
         mlflow.log_metrics({k: result[k] for k in ("computed", "cached", "seconds",
                                                     "images_per_second")})
-        client = MlflowClient()
-        client.set_tag(context.parent_run_id, "backbone", params.backbone.name)
-        client.set_tag(context.parent_run_id, "weights_digest", result["weights_digest"])
+        MlflowClient().set_tag(context.parent_run_id, "weights_digest", result["weights_digest"])
         print(f"features: {result['computed']} computed, {result['cached']} from cache "
               f"in {result['seconds']:.1f}s")
         return result

@@ -8,6 +8,7 @@ reuses its run instead of adding a duplicate.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -177,10 +179,6 @@ def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
 
 def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
     """Where a run came from: the git commit, the DVC version of its data, the dvc.lock hash."""
-    import hashlib
-
-    import yaml
-
     tags = git_state(project_dir)
     pointer = Path(f"{data_root}.dvc")
     if pointer.is_file():
