@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,14 +108,32 @@ def forward_features(backbone: Backbone, batch: torch.Tensor, config: FeaturesCo
         return backbone.model(batch).float()
 
 
+@contextlib.contextmanager
+def memory_format(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
+    """Channels-last for the duration only: the backbone is shared with fine-tuning in one
+    process, and a model left channels-last rounds its convolutions differently there."""
+    if not channels_last:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                      config: FeaturesConfig, augment: AugmentConfig, seed: int,
                      cache: FeatureCache) -> ExtractionStats:
     """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
+    with memory_format(backbone.model, config.channels_last):
+        return _extract(plan, data_root, backbone, config, augment, seed, cache)
+
+
+def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: FeaturesConfig,
+             augment: AugmentConfig, seed: int, cache: FeatureCache) -> ExtractionStats:
     start = time.perf_counter()
     missing = plan[[key not in cache for key in plan["key"]]].drop_duplicates("key")
-    if config.channels_last:
-        backbone.model.to(memory_format=torch.channels_last)
     plain, augmented = eval_transform(backbone.preprocessing), train_transform(
         backbone.preprocessing, augment)
     computed = 0
