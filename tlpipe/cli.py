@@ -27,6 +27,16 @@ SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="Override one setting, e.g. --set finetune.epochs=0 (repeatable).")]
 
 
+def _registry_settings(params: Path):
+    """Settings for the commands that read the registry, with MLflow pointed at the store."""
+    apply_runtime_defaults(Path.cwd())
+    settings = _load(params)
+    from tlpipe import tracking
+
+    tracking.configure(settings.tracking, Path.cwd())
+    return settings
+
+
 def _fail(message: str, code: int) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -139,18 +149,15 @@ def predict(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Print the top-k labels and probabilities for each image from a registered model."""
-    apply_runtime_defaults(Path.cwd())
-    settings = _load(params)
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         _fail(f"not a file: {', '.join(missing)}", 2)
+    settings = _registry_settings(params)
     import mlflow
     import pandas as pd
 
-    from tlpipe import tracking
     from tlpipe.serving import IMAGE_COLUMN
 
-    tracking.configure(settings.tracking, Path.cwd())
     name = model or settings.registry.model_name
     uri = f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
     try:
@@ -169,17 +176,12 @@ ModelUri = Annotated[str, typer.Argument(
     help="Registered model, e.g. models:/ants-bees@challenger or models:/ants-bees/3.")]
 
 
-def _lineage_setup(params: Path):
-    apply_runtime_defaults(Path.cwd())
-    from tlpipe import tracking
-
-    tracking.configure(_load(params).tracking, Path.cwd())
 
 
 @app.command()
 def lineage(model_uri: ModelUri, params: ParamsOption = Path("params.yaml")) -> None:
     """Print where a registered model came from: commit, data version, params, metrics."""
-    _lineage_setup(params)
+    _registry_settings(params)
     from tlpipe.lineage import LineageError
     from tlpipe.lineage import lineage as find_lineage
 
@@ -197,7 +199,7 @@ def reproduce(
 ) -> None:
     """Rebuild a registered model with `dvc repro` at its commit and data, in a separate git
     worktree, and report whether the rebuilt metrics match. Exit 0 on a match, 1 otherwise."""
-    _lineage_setup(params)
+    _registry_settings(params)
     from tlpipe.lineage import LineageError
     from tlpipe.lineage import reproduce as rebuild
 

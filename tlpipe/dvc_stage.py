@@ -61,12 +61,8 @@ def main(argv: list[str]) -> int:
         {"params_hash": params.digest(), "backbone": params.backbone.name, "trigger": "dvc",
          tracking.PID_TAG: str(owner),  # the dvc process: it outlives each stage's process
          **tracking.lineage_tags(project, steps.data_root(params, project))})
-    try:
+    with tracking.finishing(context.parent_run_id):
         DVC_STAGES[argv[0]](context, params, project)
-    except BaseException as error:
-        tracking.finish_run(context.parent_run_id, error)
-        raise
-    tracking.finish_run(context.parent_run_id)
     return 0
 
 

@@ -73,7 +73,6 @@ class FeatureCache:
 
 @dataclass
 class ExtractionStats:
-    images: int
     computed: int  # backbone forward passes, one per image view
     cached: int
     seconds: float
@@ -152,8 +151,8 @@ def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: Fe
                     cache.put(keys[index], vector)
                 computed += len(indices)
                 progress.update(len(indices))
-    return ExtractionStats(images=plan["path"].nunique(), computed=computed,
-                           cached=len(plan) - computed, seconds=time.perf_counter() - start)
+    return ExtractionStats(computed=computed, cached=len(plan) - computed,
+                           seconds=time.perf_counter() - start)
 
 
 def load_split(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]

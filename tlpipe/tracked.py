@@ -24,6 +24,13 @@ def flat_params(prefix: str, section: BaseModel) -> dict[str, str]:
     return {f"{prefix}.{key}": str(value) for key, value in section.model_dump(mode="json").items()}
 
 
+def _log_to_run_and_parent(context: RunContext, path: str | Path, folder: str | None = None
+                           ) -> None:
+    """Artifacts people look for first also go on the parent run, beside the headline metrics."""
+    mlflow.log_artifact(str(path), folder)
+    MlflowClient().log_artifact(context.parent_run_id, str(path), folder)
+
+
 def _log_history(history: list[dict], prefix: str) -> None:
     for record in history:
         mlflow.log_metrics({f"{prefix}_{k}": v for k, v in record.items() if k != "epoch"},
@@ -44,21 +51,20 @@ def validate(context: RunContext, params: Params, project: Path) -> dict:
     from tlpipe.validation import ValidationFailed
 
     out = steps.outputs_for(params, project)
-    client = MlflowClient()
-    with stage_run(context, "validate") as run_id:
+    with stage_run(context, "validate"):
         mlflow.log_params(flat_params("validation", params.validation))
         try:
             result = steps.validate(params, project)
         except ValidationFailed as failure:
-            for run in (run_id, context.parent_run_id):
-                client.log_artifact(run, str(out.report_md), "validation")
-                client.log_artifact(run, str(out.report_json), "validation")
+            for report in (out.report_md, out.report_json):
+                _log_to_run_and_parent(context, report, "validation")
             print(failure.report.to_markdown())
             raise
-        mlflow.log_artifacts(str(out.report_md.parent), "validation")
-        client.log_artifact(context.parent_run_id, str(out.report_md), "validation")
+        for report in (out.report_md, out.report_json):
+            _log_to_run_and_parent(context, report, "validation")
+        mlflow.log_artifact(result["validated"], "validation")
         mlflow.log_metrics({"kept_files": result["kept"], "quarantined": result["quarantined"]})
-        client.set_tag(context.parent_run_id, "data_fingerprint", result["fingerprint"])
+        MlflowClient().set_tag(context.parent_run_id, "data_fingerprint", result["fingerprint"])
         print(out.report_md.read_text())
         return result
 
@@ -67,8 +73,7 @@ def preview(context: RunContext, params: Params, project: Path) -> dict:
     with stage_run(context, "augment"):
         result = steps.preview_augmentation(params, project)
         mlflow.log_params(flat_params("augment", params.augment))
-        mlflow.log_artifact(result["preview"], "augment")
-        MlflowClient().log_artifact(context.parent_run_id, result["preview"], "augment")
+        _log_to_run_and_parent(context, result["preview"], "augment")
         return result
 
 
@@ -123,8 +128,7 @@ def evaluate(context: RunContext, params: Params, project: Path) -> dict:
         for name, value in headline.items():
             client.log_metric(context.parent_run_id, name, value)
         for key in ("metrics", "confusion_matrix", "learning_curves"):
-            mlflow.log_artifact(result[key], "evaluation")
-            client.log_artifact(context.parent_run_id, result[key], "evaluation")
+            _log_to_run_and_parent(context, result[key], "evaluation")
         print(f"test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
               f"ECE {result['ece']:.4f}")
         return {**result, "headline": headline}
@@ -136,9 +140,7 @@ def register(context: RunContext, params: Params, project: Path, facts: dict) ->
 
     out = steps.outputs_for(params, project)
     with stage_run(context, "register"):
-        card = steps.write_model_card(params, project, facts)
-        mlflow.log_artifact(str(card))
-        MlflowClient().log_artifact(context.parent_run_id, str(card))
+        _log_to_run_and_parent(context, steps.write_model_card(params, project, facts))
         test = load_manifest(out.validated).query("split == 'test'")
         version = log_and_register(
             out.model_dir, params.registry.model_name, params.registry.alias,

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe.config import TrackingConfig
 
 STAGE_TAG, KIND_TAG, PID_TAG, HOST_TAG = "tlpipe.stage", "tlpipe.kind", "tlpipe.pid", "tlpipe.host"
+SESSION_TAG = "tlpipe.session"
 PARENT_TAG = "mlflow.parentRunId"
 # mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment, so the user's
 # own setting must be read before tlpipe sets anything.
@@ -99,6 +100,18 @@ def finish_run(run_id: str, error: BaseException | None = None) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+@contextlib.contextmanager
+def finishing(run_id: str) -> Iterator[None]:
+    """End ``run_id`` as the block ends: FINISHED, or FAILED with the reason on any error,
+    KeyboardInterrupt and termination signals included."""
+    try:
+        yield
+    except BaseException as error:
+        finish_run(run_id, error)
+        raise
+    finish_run(run_id)
+
+
 def mark_abandoned_runs(experiment_id: str) -> list[str]:
     """Mark FAILED the pipeline runs of this host still RUNNING under a process that is gone.
 
@@ -150,14 +163,10 @@ def child_run_id(context: RunContext, stage: str) -> str:
 def stage_run(context: RunContext, stage: str) -> Iterator[str]:
     """A child run for one stage, active in this thread, FAILED with the reason on error."""
     run_id = child_run_id(context, stage)
-    try:
-        with mlflow.start_run(run_id=run_id, nested=True, parent_run_id=context.parent_run_id,
-                              log_system_metrics=False):
-            yield run_id
-    except BaseException as error:
-        finish_run(run_id, error)
-        raise
-    finish_run(run_id)
+    with finishing(run_id), mlflow.start_run(run_id=run_id, nested=True,
+                                             parent_run_id=context.parent_run_id,
+                                             log_system_metrics=False):
+        yield run_id
 
 
 @contextlib.contextmanager
@@ -168,13 +177,8 @@ def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
     experiment_id = configure(tracking, project_dir)
     mark_abandoned_runs(experiment_id)
     parent = start_parent_run(experiment_id, run_name, tags)
-    context = RunContext(experiment_id, parent, mlflow.get_tracking_uri())
-    try:
-        yield context
-    except BaseException as error:
-        finish_run(parent, error)
-        raise
-    finish_run(parent)
+    with finishing(parent):
+        yield RunContext(experiment_id, parent, mlflow.get_tracking_uri())
 
 
 def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
@@ -191,8 +195,6 @@ def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
                                if lock.is_file() else "none")
     return tags
 
-
-SESSION_TAG = "tlpipe.session"
 
 
 def session_run(tracking: TrackingConfig, project_dir: Path, session: str,
