@@ -14,7 +14,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tlpipe.backbones import file_sha256
+from tlpipe.fsio import file_sha256
 
 DEMO_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 DEMO_TREE_SHA256 = "4ec16fbdea39bd9098ca879402ab57d181d329876a7aea71b553e2669357102c"

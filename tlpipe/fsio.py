@@ -41,5 +41,13 @@ def write_json(target: str | Path, payload: object) -> Path:
     return write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_text(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()

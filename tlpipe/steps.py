@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file, save_file
 
-from tlpipe.backbones import Backbone, file_sha256, load_backbone
+from tlpipe.backbones import Backbone, load_backbone
 from tlpipe.config import Params
-from tlpipe.fsio import sha256_text, write_atomic, write_json, write_text
+from tlpipe.fsio import file_sha256, sha256_text, write_atomic, write_json, write_text
 from tlpipe.manifest import build_manifest, load_manifest, manifest_fingerprint, save_manifest
 
 PREVIEW_VIEWS = 4  # augmented views beside each plain image in the preview grid
