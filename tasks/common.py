@@ -1,8 +1,12 @@
-"""What every task shares: which failures are worth a retry."""
+"""What every task shares: which failures are worth a retry, and how a step becomes a task."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mlflow.exceptions import MlflowException
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -14,3 +18,13 @@ def transient_only(task, task_run, state) -> bool:
     except BaseException:
         return False
     return False
+
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 3, "retry_condition_fn": transient_only}
+
+
+def step_task(name: str, step: Callable, **options) -> Task:
+    """A library step as a Prefect task. Prefect's result cache is not used: the library's
+    content-addressed caches also serve partial hits, the CLI and the DVC stages, and outputs
+    live at fixed paths that a cached result could not vouch for."""
+    return task(step, name=name, cache_policy=NO_CACHE, **options)

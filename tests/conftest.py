@@ -64,6 +64,7 @@ SMALL_PARAMS = {
     "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_blocks": 1},
     "evaluation": {"batch_size": 16},
     "registry": {"model_name": "test-ants-bees"},
+    "promotion": {"after_training": False},  # tests/test_promotion.py covers the gate
 }
 
 

@@ -121,9 +121,10 @@ def test_cli_predict_prints_top_labels_from_the_registry(trained, demo_root, mon
     project, *_ = trained
     monkeypatch.chdir(project)
     bee = demo_root / "val" / "bees" / "1032546534_06907fe3b3.jpg"
-    result = CliRunner().invoke(app, ["predict", str(bee), "--top-k", "1"])
+    result = CliRunner().invoke(app, ["predict", str(bee), "--top-k", "1", "--alias",
+                                      "challenger"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().startswith(f"{bee}: bees 0.")
+    assert result.output.strip().splitlines()[-1].startswith(f"{bee}: bees 0.")
     missing = CliRunner().invoke(app, ["predict", str(bee), "--alias", "nonexistent"])
     assert missing.exit_code == 1 and "nonexistent" in missing.output
 

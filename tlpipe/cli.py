@@ -97,6 +97,8 @@ def run(
         f"Registered {model['name']} version {model['version']} as @{model['alias']}: "
         f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 "
         f"{summary['test_macro_f1']:.4f}. MLflow run {summary['run_id']}.", fg=typer.colors.GREEN)
+    if summary["promotion"]:
+        _print_decision(summary["promotion"])
 
 
 @app.command()
@@ -140,42 +142,188 @@ def demo_data(
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files, or folders (every image file under them is scored).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Write a CSV (path, label, probability, prob_<class>, error) instead of printing."
+    )] = None,
     model: Annotated[str | None, typer.Option(
         help="Registered model name; default: registry.model_name.")] = None,
-    alias: Annotated[str, typer.Option(help="Model alias to load.")] = "challenger",
+    alias: Annotated[str | None, typer.Option(
+        help="Model alias to load; default: registry.champion_alias.")] = None,
     version: Annotated[int | None, typer.Option(help="Model version (overrides --alias).")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Print the top-k labels and probabilities for each image from a registered model."""
-    missing = [str(p) for p in images if not p.is_file()]
+    """Classify images with a registered model (the champion unless told otherwise)."""
+    from tlpipe.batch_predict import image_files, predict_files
+
+    missing = [str(p) for p in inputs if not p.exists()]
     if missing:
-        _fail(f"not a file: {', '.join(missing)}", 2)
+        _fail(f"not found: {', '.join(missing)}", 2)
+    files = image_files(inputs)
+    if not files:
+        _fail(f"no image files in {', '.join(map(str, inputs))}", 2)
     settings = _registry_settings(params)
     import mlflow
-    import pandas as pd
-
-    from tlpipe.serving import IMAGE_COLUMN
 
     name = model or settings.registry.model_name
-    uri = f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
+    uri = (f"models:/{name}/{version}" if version is not None
+           else f"models:/{name}@{alias or settings.registry.champion_alias}")
     try:
         loaded = mlflow.pyfunc.load_model(uri)
     except Exception as error:
-        _fail(f"cannot load {uri}: {error}. Run `tlpipe run` first, or check the name/alias.", 1)
-    frame = loaded.predict(pd.DataFrame({IMAGE_COLUMN: [p.read_bytes() for p in images]}))
-    columns = [c for c in frame.columns if c.startswith("prob_")]
-    for path, (_, row) in zip(images, frame.iterrows(), strict=True):
-        ranked = sorted(((row[c], c.removeprefix("prob_")) for c in columns), reverse=True)
-        shown = ", ".join(f"{label} {probability:.3f}" for probability, label in ranked[:top_k])
-        typer.echo(f"{path}: {shown}")
+        _fail(f"cannot load {uri}: {error}. `tlpipe models` lists versions and aliases; "
+              "use --alias challenger before any promotion.", 1)
+    frame = predict_files(loaded, files, batch_size)
+    failed = int((frame["error"] != "").sum())
+    if out is not None:
+        frame.to_csv(out, index=False)
+        typer.echo(f"{len(frame) - failed} images scored with {uri} -> {out}"
+                   + (f"; {failed} unreadable (see the error column)" if failed else ""))
+    else:
+        columns = [c for c in frame.columns if c.startswith("prob_")]
+        for _, row in frame.iterrows():
+            if row["error"]:
+                typer.echo(f"{row['path']}: ERROR {row['error']}")
+                continue
+            ranked = sorted(((row[c], c.removeprefix("prob_")) for c in columns), reverse=True)
+            typer.echo(f"{row['path']}: " + ", ".join(
+                f"{label} {probability:.3f}" for probability, label in ranked[:top_k]))
+    raise typer.Exit(1 if failed else 0)
 
 
 ModelUri = Annotated[str, typer.Argument(
-    help="Registered model, e.g. models:/ants-bees@challenger or models:/ants-bees/3.")]
+    help="Registered model, e.g. models:/ants-bees@champion or models:/ants-bees/3.")]
 
 
+def _print_decision(decision: dict) -> None:
+    verdict = decision["verdict"]
+    colour = {"promoted": typer.colors.GREEN, "forced": typer.colors.YELLOW,
+              "rollback": typer.colors.YELLOW, "refused": typer.colors.RED}.get(verdict)
+    typer.secho(f"{decision['model_name']} v{decision['challenger']}: {verdict.upper()}",
+                fg=colour, bold=True)
+    typer.echo(f"  {decision['reason']}")
+    for check in decision.get("gate", {}).get("checks", []):
+        typer.echo(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['name']}: "
+                   f"{check['detail']}")
+    if decision.get("run_id"):
+        typer.echo(f"  recorded in MLflow run {decision['run_id']}"
+                   + (" (an identical earlier decision)" if decision.get("reused") else ""))
+
+
+@app.command()
+def promote(
+    version: Annotated[str | None, typer.Argument(
+        help="Version to promote; default: the one holding registry.alias (the challenger)."
+    )] = None,
+    force: Annotated[bool, typer.Option(
+        help="Promote even if the gate refuses; needs --reason, and is recorded as forced.")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why a forced promotion is needed.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Score the challenger and the champion on the current test split and make the challenger
+    champion if it passes the gate in params.yaml (promotion.*). Exit 0 when it is (or already
+    was) champion, 1 when refused."""
+    if force and not (version and reason):
+        _fail("--force needs an explicit VERSION and --reason TEXT (both are recorded)", 2)
+    if reason and not force:
+        _fail("--reason is only for --force; a gated promotion records the gate's reasons", 2)
+    apply_runtime_defaults(Path.cwd())
+    settings = _load(params)
+    from flows.promote import promote_flow
+    from tlpipe.promotion import PromotionError
+    from tlpipe.registry_lock import LockTimeout
+
+    try:
+        decision = promote_flow(settings, str(Path.cwd()), version, reason if force else None)
+    except (PromotionError, LockTimeout) as error:
+        _fail(str(error), 1)
+    _print_decision(decision)
+    raise typer.Exit(1 if decision["verdict"] == "refused" else 0)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why; recorded with the rollback.")] = "manual",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Move the champion alias back to the previous champion, and record it in MLflow."""
+    settings = _registry_settings(params)
+    from dataclasses import asdict
+
+    from tlpipe import promotion, tracking
+    from tlpipe.registry_lock import LockTimeout
+
+    experiment_id = tracking.configure(settings.tracking, Path.cwd())
+    try:
+        decision = promotion.rollback(settings, experiment_id, reason,
+                                      tracking.git_state(Path.cwd()))
+    except (promotion.PromotionError, LockTimeout) as error:
+        _fail(str(error), 1)
+    _print_decision(asdict(decision))
+
+
+@app.command()
+def models(params: ParamsOption = Path("params.yaml")) -> None:
+    """List the registered versions: aliases, test metrics, data version, promotion verdicts."""
+    settings = _registry_settings(params)
+    from rich.console import Console
+    from rich.table import Table
+
+    from tlpipe.promotion import version_rows
+
+    rows = version_rows(settings.registry)
+    if not rows:
+        _fail(f"no versions of {settings.registry.model_name!r} yet: run `tlpipe run`", 1)
+    import mlflow
+
+    table = Table(title=f"{settings.registry.model_name} in {mlflow.get_tracking_uri()}")
+    for column in rows[0]:
+        table.add_column(column, overflow="fold", no_wrap=column != "decision")
+    for row in rows:
+        table.add_row(*row.values())
+    Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+def export(
+    model_uri: ModelUri,
+    format_: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        help="Output file; default: <name>-v<version>.onnx here.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write a registered model as a self-contained ONNX file plus a JSON of its classes and
+    preprocessing, after checking ONNX Runtime against PyTorch on real images."""
+    if format_ != "onnx":
+        _fail(f"--format {format_!r}: only 'onnx' is supported", 2)
+    settings = _registry_settings(params)
+    from tlpipe.batch_predict import image_files
+    from tlpipe.export import ExportError, export_onnx
+    from tlpipe.images import load_rgb
+    from tlpipe.lineage import LineageError, resolve_version
+    from tlpipe.promotion import load_version
+    from tlpipe.steps import data_root
+
+    try:
+        version = resolve_version(model_uri)
+    except LineageError as error:
+        _fail(str(error), 1)
+    model, spec = load_version(version.name, version.version)
+    root = data_root(settings, Path.cwd())
+    samples = [load_rgb(p) for p in image_files([root])[:8]] if root.is_dir() else []
+    target = out or Path(f"{version.name}-v{version.version}.onnx")
+    try:
+        report = export_onnx(model, spec, target, samples, model_uri)
+    except ExportError as error:
+        _fail(str(error), 1)
+    typer.secho(f"wrote {report.onnx_file} and {report.metadata_file}", fg=typer.colors.GREEN)
+    typer.echo(f"ONNX Runtime vs PyTorch on {report.inputs_checked} inputs "
+               f"({len(samples)} real images): max |difference| of probabilities "
+               f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")
 
 
 @app.command()

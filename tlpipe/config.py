@@ -120,9 +120,35 @@ class EvaluationConfig(Section):
     batch_size: PositiveInt = 32
 
 
+Alias = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
+
+
 class RegistryConfig(Section):
     model_name: str = Field("ants-bees", min_length=1)
-    alias: str = "challenger"
+    alias: Alias = "challenger"           # every newly trained version
+    champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
+    previous_alias: Alias = "previous"    # the champion before the current one
+
+    @model_validator(mode="after")
+    def _aliases_distinct(self) -> RegistryConfig:
+        if len({self.alias, self.champion_alias, self.previous_alias}) < 3:
+            raise ValueError("registry.alias, registry.champion_alias and "
+                             "registry.previous_alias must be three different names")
+        return self
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class PromotionConfig(Section):
+    after_training: bool = True           # run the promotion flow at the end of each training run
+    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    floor: Probability = 0.8              # any champion must reach this on the current test split
+    min_improvement: Probability = 0.0    # over the champion, re-scored on the same split
+    max_recall_drop: Probability = 0.05   # no class may lose more recall than this
+    significance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # one-sided exact McNemar
+    lock_wait_s: PositiveFloat = 600      # how long a promotion waits for another one to finish
+    lock_expiry_s: PositiveFloat = 3600   # a lock older than this is stale and may be broken
 
 
 class TrackingConfig(Section):
@@ -145,6 +171,7 @@ class Params(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     def digest(self) -> str:

@@ -10,6 +10,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Read once at import: os.umask can only be read by setting it, which races with threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -20,6 +24,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                                          suffix=".tmp")
     os.close(handle)
     temporary_path = Path(temporary)
+    os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private
     try:
         yield temporary_path
         os.replace(temporary_path, target)

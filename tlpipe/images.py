@@ -82,3 +82,17 @@ def decode_rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return to_rgb(image)
+
+
+def array_to_rgb(values: object) -> Image.Image:
+    """A uint8 array (or nested lists from JSON) of shape HxW, HxWx1, HxWx3 or HxWx4."""
+    array = np.asarray(values)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
+            raise ValueError(f"image arrays must hold uint8 values 0..255, got {array.dtype}")
+        array = array.astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return to_rgb(Image.fromarray(array))
+    raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")

@@ -11,6 +11,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 
 import tlpipe
 from tlpipe.images import load_rgb
@@ -26,7 +27,7 @@ _REQUIREMENTS = ["torch", "torchvision", "timm", "safetensors", "pillow", "panda
 def signature_for(classes: list[str]) -> ModelSignature:
     outputs = [ColSpec("string", "label"), ColSpec("double", "probability")]
     outputs += [ColSpec("double", f"prob_{name}") for name in classes]
-    return ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
+    return ModelSignature(inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
                           outputs=Schema(outputs))
 
 

@@ -15,6 +15,7 @@ def apply_runtime_defaults(project_dir: Path) -> None:
     defaults = {
         "DO_NOT_TRACK": "true",  # MLflow ignores "1"
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per small model file is noise
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",

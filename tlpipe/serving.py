@@ -6,18 +6,21 @@ module and reads safetensors weights: nothing is unpickled.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 IMAGE_COLUMN = "image"
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG, PNG, ...).
+    """Input: a DataFrame with an ``image`` column. Each value is encoded image bytes (JPEG,
+    PNG, ...; base64 text in JSON requests) or a uint8 array HxW[xC] (nested lists in JSON).
 
     Output: ``label``, ``probability`` (of that label) and ``prob_<class>`` for every class.
     """
@@ -31,23 +34,28 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        from tlpipe.images import decode_rgb
-
-        images = [_as_bytes(value) for value in model_input[IMAGE_COLUMN]]
-        batch = torch.stack([self.transform(decode_rgb(data)) for data in images])
+        batch = torch.stack([self.transform(as_image(value, row))
+                             for row, value in enumerate(model_input[IMAGE_COLUMN])])
         with torch.inference_mode():
             probabilities = torch.softmax(self.model(batch), dim=1).numpy()
         return prediction_frame(probabilities, self.spec.classes)
 
 
-def _as_bytes(value: object) -> bytes:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    if isinstance(value, str):  # the JSON scoring protocol sends binary columns base64-encoded
-        import base64
+def as_image(value: object, row: int = 0) -> Image.Image:
+    from tlpipe.images import array_to_rgb, decode_rgb
 
-        return base64.b64decode(value)
-    raise TypeError(f"column {IMAGE_COLUMN!r}: expected encoded image bytes, got {type(value)}")
+    try:
+        if isinstance(value, bytes | bytearray):
+            return decode_rgb(bytes(value))
+        if isinstance(value, str):  # JSON requests carry binary values base64-encoded
+            return decode_rgb(base64.b64decode(value))
+        if isinstance(value, np.ndarray | list):
+            return array_to_rgb(value)
+    except Exception as error:
+        raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: not a readable image "
+                         f"({type(error).__name__}: {error})") from None
+    raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: expected image bytes or a uint8 "
+                     f"array, got {type(value).__name__}")
 
 
 def prediction_frame(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:

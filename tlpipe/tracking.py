@@ -122,7 +122,7 @@ def mark_abandoned_runs(experiment_id: str) -> list[str]:
         tags = run.data.tags
         if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
             continue
-        if not _process_alive(int(tags[PID_TAG])):
+        if not process_alive(int(tags[PID_TAG])):
             client.set_tag(run.info.run_id, "failure_reason",
                            f"process {tags[PID_TAG]} ended without finishing the run (killed)")
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -130,7 +130,7 @@ def mark_abandoned_runs(experiment_id: str) -> list[str]:
     return marked
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

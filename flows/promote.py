@@ -1,0 +1,49 @@
+"""The promotion flow: score the challenger and the champion on today's test split, apply the
+gate, record the decision and, only if it passes, make the challenger champion."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.promotion import find_candidates, load_test_split, record_decision, score_candidates
+from tlpipe.config import Params
+from tlpipe.promotion import Decision, already_decided, decide, decision_key
+from tlpipe.registry_lock import registry_lock
+from tlpipe.tracking import configure
+
+
+@flow(name="tlpipe-promote", log_prints=True)
+def promote_flow(params: Params, project_dir: str = ".", version: str | None = None,
+                 force_reason: str | None = None) -> dict:
+    """Promote ``version`` (default: the challenger) to champion if it beats the champion on
+    the current test split; with ``force_reason``, promote it regardless, recording why."""
+    project = Path(project_dir).resolve()
+    experiment_id = configure(params.tracking, project)
+    split = load_test_split(params, project)
+    # One promotion at a time per model: the champion read below stays the champion until
+    # this decision is recorded.
+    with registry_lock(params.registry.model_name, params.promotion.lock_wait_s,
+                       params.promotion.lock_expiry_s):
+        candidates = find_candidates(params.registry, version)
+        if candidates.challenger == candidates.champion:
+            decision = Decision(candidates.model_name, candidates.challenger,
+                                candidates.champion, "unchanged",
+                                f"v{candidates.challenger} is already "
+                                f"@{params.registry.champion_alias}", "already champion")
+        else:
+            key = decision_key(params, candidates, split, force_reason)
+            decision = already_decided(experiment_id, key)
+            if decision is None:
+                scored = score_candidates(candidates, split, params)
+                decision = record_decision(
+                    params, experiment_id, decide(params, candidates, scored, split,
+                                                  force_reason),
+                    scored, split, key, {"prefect_flow_run_id": str(flow_run.get_id())})
+    print(f"{decision.model_name} v{decision.challenger}: {decision.verdict.upper()}"
+          f"{' (decided earlier, run ' + decision.run_id + ')' if decision.reused else ''}: "
+          f"{decision.reason}")
+    return asdict(decision)

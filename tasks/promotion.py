@@ -1,0 +1,15 @@
+"""Prefect tasks of the promotion flow: each wraps one function of ``tlpipe.promotion``.
+
+Every registry call can hit a transient outage, so those tasks retry; a retried decision is
+safe, because the aliases move all together or not at all.
+"""
+
+from __future__ import annotations
+
+from tasks.common import IO_RETRIES, step_task
+from tlpipe import promotion
+
+load_test_split = step_task("load-test-split", promotion.current_test_split)
+find_candidates = step_task("find-candidates", promotion.find_candidates, **IO_RETRIES)
+score_candidates = step_task("score-candidates", promotion.score_candidates, **IO_RETRIES)
+record_decision = step_task("record-decision", promotion.record_decision, **IO_RETRIES)

@@ -1,0 +1,392 @@
+"""Promotion in the real MLflow registry: real models trained on real images, real flows.
+
+Two models are trained with the real flow on a slice of the demo data (80 test images): a
+strong one and a deliberately weak one. Further versions are registered from them, some
+with a shifted class bias, under their own model names so each test owns its registry state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from flows.promote import promote_flow
+from flows.train import train_flow
+from tests.conftest import copy_slice, make_project
+from tlpipe import tracking
+from tlpipe.cli import app
+from tlpipe.config import load_params
+from tlpipe.model_io import load_classifier, save_classifier
+from tlpipe.registry import log_and_register
+from tlpipe.registry_lock import LockTimeout, lock_name, registry_lock
+from tlpipe.serving import IMAGE_COLUMN
+
+WEAK = {"head": {"epochs": 1, "lr": 3e-5}}  # one tiny step from a random head: near chance
+BEE = "val/bees/1032546534_06907fe3b3.jpg"
+ANT = "val/ants/10308379_1b6c72e180.jpg"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    """The gate's story, as `tlpipe run` tells it: a weak first run, then a strong one."""
+    base = tmp_path_factory.mktemp("promotion")
+    data = copy_slice(base / "data", {"train": 40, "val": 40})
+    project = make_project(base / "project", data, {
+        "finetune": {"epochs": 0}, "registry": {"model_name": "story"},
+        "promotion": {"after_training": True}})
+    params = load_params(project / "params.yaml")
+    models = {}
+    runs = {}
+    for label, overrides in (("weak", WEAK), ("strong", {})):
+        runs[label] = train_flow(load_params(project / "params.yaml", overrides), str(project))
+        models[label] = shutil.copytree(project / "outputs" / "model", base / f"{label}-model")
+    tracking.configure(params.tracking, project)
+    return SimpleNamespace(project=project, params=params, data=data, runs=runs, models=models,
+                           base=base)
+
+
+def registry_params(trained, name: str, **promotion):
+    return trained.params.model_copy(update={
+        "registry": trained.params.registry.model_copy(update={"model_name": name}),
+        "promotion": trained.params.promotion.model_copy(update=promotion)})
+
+
+def register(trained, name: str, model: str, bees_bias: float = 0.0) -> str:
+    """A new version of ``name`` from a trained model, optionally leaning towards bees."""
+    source = trained.models[model]
+    if bees_bias:
+        classifier, spec = load_classifier(source)
+        classifier.head[-1].bias.data[spec.classes.index("bees")] += bees_bias
+        source = save_classifier(classifier, spec, trained.base / f"{model}-bees{bees_bias}")
+    experiment = tracking.configure(trained.params.tracking, trained.project)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"register {model}"):
+        version = log_and_register(source, name, "challenger", trained.data / BEE,
+                                   {"trained_as": model})
+    return str(version.version)
+
+
+def params_file(trained, name: str, path: Path) -> Path:
+    """The project's params.yaml with ``registry.model_name`` set, for the CLI."""
+    raw = yaml.safe_load((trained.project / "params.yaml").read_text())
+    raw["registry"]["model_name"] = name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def aliases(name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def decision_runs(trained, name: str) -> list:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(trained.params.tracking.experiment)
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`tlpipe.kind` = 'promotion' and tags.model_name = '{name}'",
+        order_by=["attributes.start_time ASC"])
+
+
+def test_weak_first_run_is_refused_then_strong_run_becomes_champion(trained):
+    weak, strong = trained.runs["weak"]["promotion"], trained.runs["strong"]["promotion"]
+    assert weak["verdict"] == "refused" and weak["champion"] is None
+    assert "< floor" in weak["reason"]
+    assert strong["verdict"] == "promoted" and strong["challenger"] == "2"
+    assert "no champion yet" in strong["reason"]
+    assert aliases("story") == {"challenger": "2", "champion": "2"}
+    version = MlflowClient().get_model_version("story", "1")
+    assert version.tags["promotion.verdict"] == "refused"
+    assert "floor" in version.tags["promotion.reason"]
+
+
+def test_worse_version_is_refused_with_reasons_in_mlflow_and_repeats_idempotently(trained):
+    params = registry_params(trained, "worse")
+    strong, weak = register(trained, "worse", "strong"), register(trained, "worse", "weak")
+    assert promote_flow(params, str(trained.project), strong)["verdict"] == "promoted"
+    before = aliases("worse")
+
+    decision = promote_flow(params, str(trained.project), weak)
+    assert decision["verdict"] == "refused"
+    assert aliases("worse") == before
+    run = MlflowClient().get_run(decision["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["verdict"] == "refused"
+    assert run.data.tags["check.improvement"].startswith("FAIL")
+    assert run.data.tags["check.mcnemar"].startswith("FAIL")
+    assert run.data.metrics["champion_macro_f1"] > run.data.metrics["challenger_macro_f1"]
+    assert run.data.params["promotion.significance"] == "0.05"
+    recorded = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=decision["run_id"], artifact_path="decision.json")).read_text())
+    assert recorded["verdict"] == "refused" and len(recorded["gate"]["checks"]) == 4
+    assert MlflowClient().get_model_version("worse", weak).tags["promotion.verdict"] == "refused"
+
+    again = promote_flow(params, str(trained.project), weak)
+    assert again["reused"] and again["run_id"] == decision["run_id"]
+    assert len(decision_runs(trained, "worse")) == 2  # the first promotion and this refusal
+
+
+def test_class_recall_regression_is_refused(trained):
+    params = registry_params(trained, "recall")
+    promote_flow(params, str(trained.project), register(trained, "recall", "strong"))
+    biased = register(trained, "recall", "strong", bees_bias=2.0)
+    decision = promote_flow(params, str(trained.project), biased)
+    assert decision["verdict"] == "refused"
+    failed = {c["name"] for c in decision["gate"]["checks"] if not c["passed"]}
+    assert "class_recall" in failed
+    assert "'ants'" in decision["reason"]
+    assert aliases("recall")["champion"] == "1"
+
+
+def test_forced_promotion_better_challenger_and_rollback(trained, monkeypatch):
+    name = "moves"
+    params = registry_params(trained, name)
+    strong, weak = register(trained, name, "strong"), register(trained, name, "weak")
+    promote_flow(params, str(trained.project), strong)
+
+    forced = promote_flow(params, str(trained.project), weak, force_reason="manual test")
+    assert forced["verdict"] == "forced" and "manual test" in forced["reason"]
+    assert "would have refused" in forced["reason"]
+    assert aliases(name)["champion"] == weak and aliases(name)["previous"] == strong
+
+    better = promote_flow(params, str(trained.project), strong)
+    assert better["verdict"] == "promoted", better["reason"]
+    assert all(c["passed"] for c in better["gate"]["checks"])
+    assert aliases(name)["champion"] == strong and aliases(name)["previous"] == weak
+
+    monkeypatch.chdir(trained.project)
+    cli_params = params_file(trained, name, trained.project / "params-moves.yaml")
+    result = CliRunner().invoke(app, ["rollback", "--reason", "bad in production",
+                                      "--params", str(cli_params)])
+    assert result.exit_code == 0, result.output
+    # The version rolled back from is never offered as `previous`: none is left here.
+    assert aliases(name) == {"challenger": weak, "champion": weak}
+    last = decision_runs(trained, name)[-1]
+    assert last.data.tags["verdict"] == "rollback"
+    assert "bad in production" in last.data.tags["reason"]
+
+    table = CliRunner().invoke(app, ["models", "--params", str(cli_params)])
+    assert table.exit_code == 0, table.output
+    assert "forced: manual test" in table.output and "rolled back" in table.output
+    assert "champion" in table.output
+
+
+def test_failure_mid_promotion_moves_nothing(trained, monkeypatch):
+    name = "fault"
+    params = registry_params(trained, name)
+    weak, strong = register(trained, name, "weak"), register(trained, name, "strong")
+    promote_flow(params, str(trained.project), weak, force_reason="set up a champion")
+    before = aliases(name)
+    real_set_alias = MlflowClient.set_registered_model_alias
+
+    def registry_drops_on_champion(self, model, alias, version):
+        # Fault injection (the one stand-in here): the registry stops answering after the
+        # `previous` alias has moved and before `champion` does.
+        if alias == "champion":
+            raise MlflowException("registry unreachable (injected)")
+        return real_set_alias(self, model, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", registry_drops_on_champion)
+    with pytest.raises(MlflowException, match="injected"):
+        promote_flow(params, str(trained.project), strong)
+    monkeypatch.undo()
+
+    assert aliases(name) == before
+    tags = MlflowClient().get_model_version(name, strong).tags
+    assert not [key for key in tags if key.startswith("promotion.")]
+    failed = [r for r in decision_runs(trained, name)
+              if r.data.tags["challenger_version"] == strong]
+    assert len(failed) == 3 and {r.info.status for r in failed} == {"FAILED"}  # 1 + 2 retries
+    assert not MlflowClient().search_registered_models(f"name = '{lock_name(name)}'")
+
+    assert promote_flow(params, str(trained.project), strong)["verdict"] == "promoted"
+
+
+def test_lock_waits_breaks_dead_holders_and_times_out(trained):
+    client, name = MlflowClient(), "locked"
+    with (registry_lock(name, wait_s=1, expiry_s=60),
+          pytest.raises(LockTimeout, match=lock_name(name)),
+          registry_lock(name, wait_s=0.5, expiry_s=60)):
+        pass
+    assert not client.search_registered_models(f"name = '{lock_name(name)}'")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now belongs to no process: a holder that died without releasing
+    client.create_registered_model(lock_name(name), tags={
+        "owner": "gone", "host": socket.gethostname(), "pid": str(dead.pid),
+        "acquired_at": str(time.time())})
+    with registry_lock(name, wait_s=5, expiry_s=60):
+        assert client.get_registered_model(lock_name(name)).tags["owner"] != "gone"
+
+
+def _cli_env(prefect_home: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    if prefect_home is not None:  # each CLI process then runs its own Prefect server
+        env["PREFECT_HOME"] = str(prefect_home)
+    return env
+
+
+def test_two_concurrent_promotions_leave_one_champion_and_a_consistent_record(trained):
+    name = "race"
+    cli_params = params_file(trained, name, trained.project / "params-race.yaml")
+    params = registry_params(trained, name)
+    weak = register(trained, name, "weak")
+    promote_flow(params, str(trained.project), weak, force_reason="set up a champion")
+    first, second = register(trained, name, "strong"), register(trained, name, "strong",
+                                                                  bees_bias=0.3)
+    tlpipe = [sys.executable, "-m", "tlpipe.cli", "promote"]
+    processes = [subprocess.Popen([*tlpipe, version, "--params", str(cli_params)],
+                                  cwd=trained.project, text=True,
+                                  env=_cli_env(trained.base / f"prefect-{version}"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for version in (first, second)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert all(p.returncode in (0, 1) for p in processes), outputs
+
+    runs = [r for r in decision_runs(trained, name) if r.data.tags["verdict"] != "forced"]
+    assert len(runs) == 2, outputs
+    earlier, later = runs
+    # Serialised by the lock: the second decision started after the first had ended, and
+    # compared against the champion the first one left behind.
+    assert later.info.start_time >= earlier.info.end_time
+    winner = (earlier.data.tags["challenger_version"]
+              if earlier.data.tags["verdict"] == "promoted" else weak)
+    assert later.data.tags["champion_version"] == winner
+    assert earlier.data.tags["verdict"] == "promoted"  # strong beats the weak champion
+    expected = (later.data.tags["challenger_version"]
+                if later.data.tags["verdict"] == "promoted" else winner)
+    assert aliases(name)["champion"] == expected
+    assert not MlflowClient().search_registered_models(f"name = '{lock_name(name)}'")
+
+
+@pytest.fixture(scope="module")
+def served_champion(trained):
+    name = "served"
+    version = register(trained, name, "strong")
+    promote_flow(registry_params(trained, name), str(trained.project), version)
+    assert aliases(name)["champion"] == version
+    return name
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_a_real_request_with_the_right_label(trained,
+                                                                         served_champion):
+    port = _free_port()
+    env = {**_cli_env(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+         f"models:/{served_champion}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+         "-p", str(port)], cwd=trained.project, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "server not healthy within 120 s"
+                time.sleep(1)
+        images = [base64.b64encode((trained.data / path).read_bytes()).decode()
+                  for path in (BEE, ANT)]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": [{IMAGE_COLUMN: i} for i in images]}).encode(),
+            headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    labels = [row["label"] for row in answer["predictions"]]
+    assert labels == ["bees", "ants"]
+    assert answer["predictions"][0]["prob_bees"] > 0.5
+
+
+def test_pyfunc_takes_bytes_and_uint8_arrays_alike(trained, served_champion):
+    from PIL import Image
+
+    model = mlflow.pyfunc.load_model(f"models:/{served_champion}@champion")
+    bee = trained.data / BEE
+    array = np.asarray(Image.open(bee).convert("RGB"))
+    frame = model.predict(pd.DataFrame({IMAGE_COLUMN: [bee.read_bytes(), array]}))
+    assert list(frame["label"]) == ["bees", "bees"]
+    assert frame["prob_bees"].iloc[0] == pytest.approx(frame["prob_bees"].iloc[1], abs=1e-6)
+    with pytest.raises(ValueError, match="row 0"):
+        model.predict(pd.DataFrame({IMAGE_COLUMN: [np.zeros((4, 4, 2), dtype=np.uint8)]}))
+
+
+def test_predict_folder_writes_csv_and_reports_unreadable_files(trained, served_champion,
+                                                                monkeypatch, tmp_path):
+    folder = tmp_path / "incoming"
+    shutil.copytree(trained.data / "val" / "bees", folder / "bees")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.chdir(trained.project)
+    cli_params = params_file(trained, served_champion, tmp_path / "params.yaml")
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(app, ["predict", str(folder), "--out", str(out),
+                                      "--params", str(cli_params), "--batch-size", "16"])
+    assert result.exit_code == 1, result.output  # one unreadable file
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert len(frame) == 41
+    broken = frame[frame["path"].str.endswith("broken.jpg")]
+    assert "not a readable image" in broken["error"].iloc[0]
+    scored = frame[frame["error"] == ""]
+    assert (scored["label"] == "bees").mean() >= 0.8
+
+
+def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, monkeypatch,
+                                                    tmp_path):
+    import onnxruntime
+
+    from tlpipe.augment import eval_transform
+    from tlpipe.images import load_rgb
+    from tlpipe.promotion import load_version
+
+    monkeypatch.chdir(trained.project)
+    target = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", f"models:/{served_champion}@champion",
+                                      "--format", "onnx", "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads(Path(f"{target}.json").read_text())
+    assert metadata["classes"] == ["ants", "bees"]
+    model, spec = load_version(served_champion, aliases(served_champion)["champion"])
+    transform = eval_transform(spec.preprocessing_config)
+    import torch
+
+    pixels = torch.stack([transform(load_rgb(trained.data / p)) for p in (BEE, ANT)])
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"pixels": pixels.numpy()})[0]
+    with torch.inference_mode():
+        expected = torch.softmax(model(pixels), dim=1).numpy()
+    assert np.abs(exported - expected).max() < metadata["tolerance"]
+    assert exported.argmax(axis=1).tolist() == [1, 0]
+
+
+def test_promote_cli_explains_bad_requests(trained, monkeypatch):
+    monkeypatch.chdir(trained.project)
+    forced = CliRunner().invoke(app, ["promote", "--force"])
+    assert forced.exit_code == 2 and "--reason" in forced.output
+    missing = CliRunner().invoke(app, ["promote", "99"])
+    assert missing.exit_code == 1 and "no version 99" in missing.output

@@ -1,0 +1,411 @@
+"""Champion and challenger in the MLflow registry: scoring, deciding, recording, rolling back.
+
+Every decision is an MLflow run (kind ``promotion``) holding both models' scores, the rule,
+each check's outcome and the verdict; the challenger's version gets the verdict as tags. The
+aliases move only after everything was recorded, all together: if any registry call fails,
+the aliases and tags are put back as they were. The order of champions is kept in the
+registered model's ``tlpipe.champion_history`` tag, which is what ``rollback`` walks back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tlpipe.config import Params, RegistryConfig
+from tlpipe.finetune import Classifier
+from tlpipe.fsio import sha256_text
+from tlpipe.gate import Check, GateResult, Scores, apply_gate
+from tlpipe.model_io import SPEC_FILE, ModelSpec, load_classifier
+from tlpipe.registry_lock import registry_lock
+from tlpipe.tracking import KIND_TAG, finishing, start_parent_run
+
+HISTORY_TAG = "tlpipe.champion_history"
+DECISION_KEY_TAG = "tlpipe.decision_key"
+VERDICT_TAG, SUMMARY_TAG, REASON_TAG = "promotion.verdict", "promotion.summary", "promotion.reason"
+PROMOTING_VERDICTS = ("promoted", "forced")
+
+
+class PromotionError(RuntimeError):
+    """A promotion that cannot go ahead; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """The current held-out images: what every model is scored on."""
+
+    root: Path
+    paths: list[str]
+    labels: list[str]
+    fingerprint: str
+
+
+def current_test_split(params: Params, project_dir: Path) -> TestSplit:
+    """Scan and validate the data as it is now (in memory; no pipeline output is touched)."""
+    from tlpipe.manifest import build_manifest, manifest_fingerprint
+    from tlpipe.steps import data_root
+    from tlpipe.validation import ValidationFailed, validate_manifest
+
+    root = data_root(params, project_dir)
+    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
+    report, kept = validate_manifest(manifest, params.validation, params.data.expected_classes)
+    if not report.passed:
+        raise ValidationFailed(report)
+    test = kept[kept["split"] == "test"]
+    if test.empty:
+        raise PromotionError(f"{root}: the current data has no test images to compare on")
+    return TestSplit(root, test["path"].tolist(), test["label"].tolist(),
+                     manifest_fingerprint(test))
+
+
+# --- the versions involved -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidates:
+    model_name: str
+    challenger: str
+    champion: str | None
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def find_candidates(registry: RegistryConfig, version: str | None = None) -> Candidates:
+    """The challenger (``version``, or the version holding ``registry.alias``) and the
+    current champion."""
+    client, name = MlflowClient(), registry.model_name
+    challenger = str(version) if version is not None else _alias_version(client, name,
+                                                                         registry.alias)
+    if challenger is None:
+        raise PromotionError(f"{name!r} has no @{registry.alias} version: train one with "
+                             "`tlpipe run`, or name the version: `tlpipe promote VERSION`")
+    try:
+        client.get_model_version(name, challenger)
+    except MlflowException:
+        raise PromotionError(f"{name!r} has no version {challenger}; `tlpipe models` lists "
+                             "them") from None
+    return Candidates(name, challenger, _alias_version(client, name, registry.champion_alias))
+
+
+def load_version(name: str, version: str) -> tuple[Classifier, ModelSpec]:
+    """The classifier inside a registered tlpipe pyfunc: safetensors and JSON, no pickle."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=folder))
+        spec = next(local.glob(f"artifacts/*/{SPEC_FILE}"), None)
+        if spec is None:
+            raise PromotionError(f"models:/{name}/{version} is not a tlpipe model "
+                                 f"(no artifacts/*/{SPEC_FILE})")
+        return load_classifier(spec.parent)
+
+
+def score_version(name: str, version: str, split: TestSplit, params: Params
+                  ) -> tuple[Scores | None, list[str]]:
+    """Scores on ``split``, or None when the version knows other classes than the data."""
+    from tlpipe.evaluate import predict_probabilities
+
+    model, spec = load_version(name, version)
+    if set(split.labels) - set(spec.classes):
+        return None, spec.classes
+    probabilities = predict_probabilities(model, split.root, split.paths,
+                                          spec.preprocessing_config,
+                                          params.evaluation.batch_size)
+    y_true = np.array([spec.classes.index(label) for label in split.labels])
+    return Scores.from_probabilities(version, y_true, probabilities, spec.classes,
+                                     params.evaluation.calibration_bins), spec.classes
+
+
+@dataclass
+class ScoredCandidates:
+    challenger: Scores
+    champion: Scores | None
+    incomparable: str | None = None  # why the champion could not be scored, if it could not
+
+
+def score_candidates(candidates: Candidates, split: TestSplit, params: Params
+                     ) -> ScoredCandidates:
+    name = candidates.model_name
+    challenger, classes = score_version(name, candidates.challenger, split, params)
+    if challenger is None:
+        raise PromotionError(
+            f"version {candidates.challenger} knows classes {classes}, but the current test "
+            f"split has {sorted(set(split.labels))}: retrain it on the current data")
+    if candidates.champion is None:
+        return ScoredCandidates(challenger, None)
+    champion, champion_classes = score_version(name, candidates.champion, split, params)
+    if champion is None or champion_classes != classes:
+        return ScoredCandidates(challenger, None, (
+            f"champion v{candidates.champion} was trained on classes {champion_classes}, the "
+            f"challenger on {classes}: the gate cannot compare them; use --force with a reason"))
+    return ScoredCandidates(challenger, champion)
+
+
+# --- the decision -----------------------------------------------------------------------
+
+@dataclass
+class Decision:
+    model_name: str
+    challenger: str
+    champion: str | None
+    verdict: str            # promoted | refused | forced | unchanged | rollback
+    reason: str             # every check in full
+    summary: str = ""       # a few words for tables: "failed: floor, mcnemar"
+    test_fingerprint: str = ""
+    gate: dict = field(default_factory=dict)
+    run_id: str | None = None
+    reused: bool = False    # an identical earlier decision was returned as it was
+
+    @property
+    def moves_champion(self) -> bool:
+        return self.verdict in PROMOTING_VERDICTS
+
+
+def decision_key(params: Params, candidates: Candidates, split: TestSplit,
+                 force_reason: str | None) -> str:
+    """Same versions, same data, same rule, same force: the same decision."""
+    rule = params.promotion.model_dump(exclude={"lock_wait_s", "lock_expiry_s",
+                                                "after_training"})
+    return sha256_text(candidates.model_name, candidates.challenger, candidates.champion,
+                       split.fingerprint, json.dumps(rule, sort_keys=True), force_reason)
+
+
+def already_decided(experiment_id: str, key: str) -> Decision | None:
+    """The finished decision recorded under ``key``, if any."""
+    found = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{DECISION_KEY_TAG}` = '{key}' and attributes.status = "
+                         "'FINISHED'", max_results=1)
+    if not found:
+        return None
+    tags = found[0].data.tags
+    return Decision(tags["model_name"], tags["challenger_version"],
+                    tags["champion_version"] or None, tags["verdict"], tags["reason"],
+                    tags["summary"], tags["test_fingerprint"], run_id=found[0].info.run_id,
+                    reused=True)
+
+
+def decide(params: Params, candidates: Candidates, scored: ScoredCandidates,
+           split: TestSplit, force_reason: str | None = None) -> Decision:
+    gate = apply_gate(params.promotion, scored.challenger, scored.champion)
+    if scored.incomparable:
+        gate = GateResult(False, [*gate.checks[:1], Check("comparable", False,
+                                                          scored.incomparable)])
+    compared = f" vs v{candidates.champion}" if candidates.champion else " (first champion)"
+    if force_reason:
+        verdict, summary = "forced", f"forced: {force_reason}"
+        reason = (f"forced: {force_reason} (the gate would have "
+                  f"{'passed' if gate.passed else 'refused'}: {gate.reason})")
+    else:
+        verdict, summary = "promoted" if gate.passed else "refused", gate.summary + compared
+        reason = gate.reason
+    return Decision(candidates.model_name, candidates.challenger, candidates.champion, verdict,
+                    reason, summary, split.fingerprint, {**gate.to_dict(), "scores": {
+                        role: _public_scores(scores) for role, scores in
+                        (("challenger", scored.challenger), ("champion", scored.champion))
+                        if scores is not None}})
+
+
+def _public_scores(scores: Scores) -> dict:
+    return {k: v for k, v in asdict(scores).items() if k != "correct"}
+
+
+def record_decision(params: Params, experiment_id: str, decision: Decision,
+                    scored: ScoredCandidates, split: TestSplit, key: str,
+                    run_tags: dict[str, str]) -> Decision:
+    """One MLflow run for the decision; then, on a pass, the aliases move all together."""
+    client, registry = MlflowClient(), params.registry
+    run_id = start_parent_run(experiment_id, f"promote v{decision.challenger}", {
+        KIND_TAG: "promotion", DECISION_KEY_TAG: key, **run_tags, **_decision_tags(decision)})
+    decision.run_id = run_id
+    with finishing(run_id):
+        _log_scores(client, run_id, params, decision, scored, split)
+        with _all_or_nothing(client, decision.model_name, [decision.challenger]):
+            _tag_version(client, decision, run_id)
+            if decision.moves_champion:
+                _make_champion(client, registry, decision.challenger)
+    return decision
+
+
+def _decision_tags(decision: Decision) -> dict[str, str]:
+    return {"model_name": decision.model_name, "challenger_version": decision.challenger,
+            "champion_version": decision.champion or "", "verdict": decision.verdict,
+            "reason": decision.reason[:4000], "summary": decision.summary,
+            "test_fingerprint": decision.test_fingerprint}
+
+
+def _log_scores(client: MlflowClient, run_id: str, params: Params, decision: Decision,
+                scored: ScoredCandidates, split: TestSplit) -> None:
+    for key, value in params.promotion.model_dump().items():
+        client.log_param(run_id, f"promotion.{key}", value)
+    metrics = {"n_test": len(split.paths)}
+    for role, scores in (("challenger", scored.challenger), ("champion", scored.champion)):
+        if scores is None:
+            continue
+        metrics.update({f"{role}_{k}": v for k, v in scores.metrics.items()})
+        metrics.update({f"{role}_recall_{k}": v for k, v in scores.recall.items()})
+    for check in decision.gate.get("checks", []):
+        client.set_tag(run_id, f"check.{check['name']}",
+                       f"{'pass' if check['passed'] else 'FAIL'}: {check['detail']}"[:4000])
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, float(value))
+    client.log_dict(run_id, {**asdict(decision), "run_id": run_id}, "decision.json")
+    client.log_text(run_id, _per_image_csv(split, scored), "per_image.csv")
+
+
+def _per_image_csv(split: TestSplit, scored: ScoredCandidates) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "challenger_correct", "champion_correct"])
+    champion = scored.champion.correct if scored.champion else [None] * len(split.paths)
+    for row in zip(split.paths, split.labels, scored.challenger.correct, champion, strict=True):
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _tag_version(client: MlflowClient, decision: Decision, run_id: str) -> None:
+    for key, value in ((VERDICT_TAG, decision.verdict), (SUMMARY_TAG, decision.summary),
+                       (REASON_TAG, decision.reason[:4000]), ("promotion.decision_run", run_id),
+                       ("promotion.compared_with", decision.champion or "none")):
+        client.set_model_version_tag(decision.model_name, decision.challenger, key, value)
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+
+
+def _make_champion(client: MlflowClient, registry: RegistryConfig, version: str) -> None:
+    name = registry.model_name
+    current = _alias_version(client, name, registry.champion_alias)
+    history = [v for v in champion_history(client, name) if v != version]
+    if current is not None:
+        if not history or history[-1] != current:  # aliases were moved by hand meanwhile
+            history.append(current)
+        client.set_registered_model_alias(name, registry.previous_alias, current)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    client.set_registered_model_alias(name, registry.champion_alias, version)
+
+
+@contextlib.contextmanager
+def _all_or_nothing(client: MlflowClient, name: str, versions: list[str]) -> Iterator[None]:
+    """Put the aliases, the history tag and the versions' promotion tags back as they were
+    if the block fails part-way (say the registry stops answering between two calls)."""
+    model = client.get_registered_model(name)
+    aliases, history = dict(model.aliases), model.tags.get(HISTORY_TAG)
+    version_tags = {v: {k: t for k, t in client.get_model_version(name, v).tags.items()
+                        if k.startswith("promotion.")} for v in versions}
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(MlflowException):  # the original error matters more
+            _restore(client, name, aliases, history, version_tags)
+        raise
+
+
+def _restore(client: MlflowClient, name: str, aliases: dict[str, str], history: str | None,
+             version_tags: dict[str, dict[str, str]]) -> None:
+    """Undo what changed, one call at a time, so one failing call does not stop the rest."""
+    current = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+    undo = [lambda alias=alias: client.delete_registered_model_alias(name, alias)
+            for alias in set(current) - set(aliases)]
+    undo += [lambda alias=alias, version=version: client.set_registered_model_alias(
+        name, alias, version) for alias, version in aliases.items()
+        if current.get(alias) != str(version)]
+    undo.append(lambda: client.delete_registered_model_tag(name, HISTORY_TAG) if history is None
+                else client.set_registered_model_tag(name, HISTORY_TAG, history))
+    for version, tags in version_tags.items():
+        now = client.get_model_version(name, version).tags
+        undo += [lambda v=version, k=key: client.delete_model_version_tag(name, v, k)
+                 for key in now if key.startswith("promotion.") and key not in tags]
+        undo += [lambda v=version, k=key, t=value: client.set_model_version_tag(name, v, k, t)
+                 for key, value in tags.items() if now.get(key) != value]
+    for step in undo:
+        with contextlib.suppress(MlflowException):
+            step()
+
+
+# --- rollback -----------------------------------------------------------------------------
+
+def rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[str, str]
+             ) -> Decision:
+    """Champion back to ``previous``; ``previous`` back to the champion before that."""
+    with registry_lock(params.registry.model_name, params.promotion.lock_wait_s,
+                       params.promotion.lock_expiry_s):
+        return _rollback(params, experiment_id, reason, run_tags)
+
+
+def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[str, str]
+              ) -> Decision:
+    client, registry = MlflowClient(), params.registry
+    name = registry.model_name
+    current = _alias_version(client, name, registry.champion_alias)
+    target = _alias_version(client, name, registry.previous_alias)
+    if target is None:
+        raise PromotionError(f"{name!r} has no @{registry.previous_alias} version to roll "
+                             "back to; `tlpipe models` shows the aliases")
+    history = champion_history(client, name)
+    # Walk back to the target's place in the history; what was champion before it is next.
+    earlier = history[:len(history) - history[::-1].index(target)] if target in history \
+        else [target]
+    decision = Decision(name, target, current, "rollback",
+                        f"rollback from v{current} to v{target}: {reason}", f"rollback: {reason}")
+    run_id = start_parent_run(experiment_id, f"rollback to v{target}", {
+        KIND_TAG: "promotion", **run_tags, **_decision_tags(decision)})
+    decision.run_id = run_id
+    with finishing(run_id), _all_or_nothing(client, name, [v for v in (current, target) if v]):
+        if current is not None:
+            client.set_model_version_tag(name, current, "promotion.rolled_back_by", run_id)
+        client.set_model_version_tag(name, target, "promotion.restored_by", run_id)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(earlier))
+        client.set_registered_model_alias(name, registry.champion_alias, target)
+        if len(earlier) > 1:
+            client.set_registered_model_alias(name, registry.previous_alias, earlier[-2])
+        else:
+            client.delete_registered_model_alias(name, registry.previous_alias)
+    return decision
+
+
+# --- the table of versions -----------------------------------------------------------------
+
+def version_rows(registry: RegistryConfig) -> list[dict[str, str]]:
+    """One row per version, newest first: aliases, metrics at training, data, verdict."""
+    client = MlflowClient()
+    versions: list[ModelVersion] = client.search_model_versions(
+        f"name = '{registry.model_name}'")
+    aliases: dict[str, list[str]] = {}
+    if versions:  # search results carry no aliases; the registered model has them all
+        for alias, version in client.get_registered_model(registry.model_name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = version.tags
+        verdict = tags.get(VERDICT_TAG, "-")
+        if "promotion.rolled_back_by" in tags:
+            verdict += " (rolled back)"
+        rows.append({
+            "version": str(version.version),
+            "aliases": ", ".join(sorted(aliases.get(str(version.version), []))) or "-",
+            "accuracy": tags.get("test_accuracy", "-"),
+            "macro_f1": tags.get("test_macro_f1", "-"),
+            "data": tags.get("data_dvc_md5", tags.get("data_fingerprint", "-"))[:12],
+            "commit": tags.get("git_commit", "-")[:8],
+            "verdict": verdict,
+            "decision": tags.get(SUMMARY_TAG, ""),
+        })
+    return rows
