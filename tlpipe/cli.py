@@ -84,6 +84,8 @@ def run(
     # MLflow run is then marked FAILED with that reason (tests/test_kill_resume.py).
     settings = _load(params, set_, data)
     from flows.train import train_flow
+    from tlpipe.promotion import PromotionError
+    from tlpipe.registry_lock import LockTimeout
     from tlpipe.validation import ValidationFailed
 
     try:
@@ -92,6 +94,9 @@ def run(
         report = settings.outputs_dir / "validation" / "report.md"
         _fail(f"Data validation failed (report above, in {report} and in MLflow); "
               "nothing was trained or registered.", 1)
+    except (PromotionError, LockTimeout) as error:
+        _fail(f"The model was registered as @{settings.registry.alias}, but the promotion "
+              f"could not run: {error}. Run `tlpipe promote` once that is fixed.", 1)
     model = summary["model"]
     typer.secho(
         f"Registered {model['name']} version {model['version']} as @{model['alias']}: "

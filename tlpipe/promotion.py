@@ -43,7 +43,7 @@ class PromotionError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TestSplit:
+class HeldOutSplit:
     """The current held-out images: what every model is scored on."""
 
     root: Path
@@ -52,7 +52,7 @@ class TestSplit:
     fingerprint: str
 
 
-def current_test_split(params: Params, project_dir: Path) -> TestSplit:
+def current_test_split(params: Params, project_dir: Path) -> HeldOutSplit:
     """Scan and validate the data as it is now (in memory; no pipeline output is touched)."""
     from tlpipe.manifest import build_manifest, manifest_fingerprint
     from tlpipe.steps import data_root
@@ -66,7 +66,7 @@ def current_test_split(params: Params, project_dir: Path) -> TestSplit:
     test = kept[kept["split"] == "test"]
     if test.empty:
         raise PromotionError(f"{root}: the current data has no test images to compare on")
-    return TestSplit(root, test["path"].tolist(), test["label"].tolist(),
+    return HeldOutSplit(root, test["path"].tolist(), test["label"].tolist(),
                      manifest_fingerprint(test))
 
 
@@ -117,7 +117,7 @@ def load_version(name: str, version: str) -> tuple[Classifier, ModelSpec]:
         return load_classifier(spec.parent)
 
 
-def score_version(name: str, version: str, split: TestSplit, params: Params
+def score_version(name: str, version: str, split: HeldOutSplit, params: Params
                   ) -> tuple[Scores | None, list[str]]:
     """Scores on ``split``, or None when the version knows other classes than the data."""
     from tlpipe.evaluate import predict_probabilities
@@ -140,7 +140,7 @@ class ScoredCandidates:
     incomparable: str | None = None  # why the champion could not be scored, if it could not
 
 
-def score_candidates(candidates: Candidates, split: TestSplit, params: Params
+def score_candidates(candidates: Candidates, split: HeldOutSplit, params: Params
                      ) -> ScoredCandidates:
     name = candidates.model_name
     challenger, classes = score_version(name, candidates.challenger, split, params)
@@ -178,7 +178,7 @@ class Decision:
         return self.verdict in PROMOTING_VERDICTS
 
 
-def decision_key(params: Params, candidates: Candidates, split: TestSplit,
+def decision_key(params: Params, candidates: Candidates, split: HeldOutSplit,
                  force_reason: str | None) -> str:
     """Same versions, same data, same rule, same force: the same decision."""
     rule = params.promotion.model_dump(exclude={"lock_wait_s", "lock_expiry_s",
@@ -202,7 +202,7 @@ def already_decided(experiment_id: str, key: str) -> Decision | None:
 
 
 def decide(params: Params, candidates: Candidates, scored: ScoredCandidates,
-           split: TestSplit, force_reason: str | None = None) -> Decision:
+           split: HeldOutSplit, force_reason: str | None = None) -> Decision:
     gate = apply_gate(params.promotion, scored.challenger, scored.champion)
     if scored.incomparable:
         gate = GateResult(False, [*gate.checks[:1], Check("comparable", False,
@@ -227,7 +227,7 @@ def _public_scores(scores: Scores) -> dict:
 
 
 def record_decision(params: Params, experiment_id: str, decision: Decision,
-                    scored: ScoredCandidates, split: TestSplit, key: str,
+                    scored: ScoredCandidates, split: HeldOutSplit, key: str,
                     run_tags: dict[str, str]) -> Decision:
     """One MLflow run for the decision; then, on a pass, the aliases move all together."""
     client, registry = MlflowClient(), params.registry
@@ -251,7 +251,7 @@ def _decision_tags(decision: Decision) -> dict[str, str]:
 
 
 def _log_scores(client: MlflowClient, run_id: str, params: Params, decision: Decision,
-                scored: ScoredCandidates, split: TestSplit) -> None:
+                scored: ScoredCandidates, split: HeldOutSplit) -> None:
     for key, value in params.promotion.model_dump().items():
         client.log_param(run_id, f"promotion.{key}", value)
     metrics = {"n_test": len(split.paths)}
@@ -269,7 +269,7 @@ def _log_scores(client: MlflowClient, run_id: str, params: Params, decision: Dec
     client.log_text(run_id, _per_image_csv(split, scored), "per_image.csv")
 
 
-def _per_image_csv(split: TestSplit, scored: ScoredCandidates) -> str:
+def _per_image_csv(split: HeldOutSplit, scored: ScoredCandidates) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "label", "challenger_correct", "champion_correct"])
