@@ -11,6 +11,7 @@ from flows.promote import promote_flow
 from tasks.steps import (
     build_manifest,
     evaluate,
+    extract_feature_shard,
     extract_features,
     finetune,
     preview_augmentation,
@@ -36,6 +37,9 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
         build_manifest(run, params, project)
         data = validate_data(run, params, project)
         preview_augmentation(run, params, project)
+        if params.features.shards > 1:  # the cache filled part by part, then read whole
+            for index in range(params.features.shards):
+                extract_feature_shard(params, project, index)
         features = extract_features(run, params, project)
         train_head(run, params, project)
         finetune(run, params, project)

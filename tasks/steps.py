@@ -8,11 +8,13 @@ can be transient.
 from __future__ import annotations
 
 from tasks.common import IO_RETRIES, step_task
-from tlpipe import tracked
+from tlpipe import steps, tracked
 
 build_manifest = step_task("build-manifest", tracked.manifest, **IO_RETRIES)
 validate_data = step_task("validate-data", tracked.validate)
 preview_augmentation = step_task("preview-augmentation", tracked.preview)
+# One part of the feature cache, when features.shards asks for several task runs.
+extract_feature_shard = step_task("extract-feature-shard", steps.extract_shard)
 extract_features = step_task("extract-features", tracked.features)
 train_head = step_task("train-head", tracked.head)
 # Resumes from the last epoch checkpoint when an earlier attempt was interrupted.

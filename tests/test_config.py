@@ -61,7 +61,10 @@ def test_cli_rejects_a_bad_override_before_doing_anything(tmp_path):
 def test_every_command_explains_itself():
     runner = CliRunner()
     for command in ([], ["run"], ["validate"], ["demo-data"], ["predict"], ["lineage"],
-                    ["reproduce"]):
+                    ["reproduce"], ["promote"], ["rollback"], ["models"], ["export"],
+                    ["retrain"], ["schedule"], ["stack"], ["stack", "up"], ["stack", "down"],
+                    ["stack", "status"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
     assert "--set" in runner.invoke(app, ["run", "--help"]).output
+    assert "--cron" in runner.invoke(app, ["schedule", "--help"]).output

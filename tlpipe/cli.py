@@ -6,6 +6,7 @@ MLflow read their settings when first imported.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -269,6 +270,115 @@ def rollback(
     except (promotion.PromotionError, LockTimeout) as error:
         _fail(str(error), 1)
     _print_decision(asdict(decision))
+
+
+@app.command()
+def retrain(
+    force: Annotated[bool, typer.Option(help="Retrain even if the data has not changed.")
+                     ] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Retrain if the data changed since the champion was trained (its DVC data version
+    against the data now), then run the promotion gate. Exit 0 when skipped or promoted, 1
+    when refused or failed. `tlpipe schedule` runs this on a schedule."""
+    apply_runtime_defaults(Path.cwd())
+    _load(params)  # bad settings fail here, naming the key, before any flow starts
+    from flows.retrain import retrain_flow
+
+    try:
+        outcome = retrain_flow(str(Path.cwd()), str(params), force)
+    except Exception as error:
+        _fail(f"retrain failed: {error}", 1)
+    colour = typer.colors.GREEN if outcome["outcome"] in ("promoted", "skipped") else \
+        typer.colors.RED
+    typer.secho(f"{outcome['outcome'].upper()}: {outcome['reason']}", fg=colour)
+    raise typer.Exit(0 if outcome["outcome"] in ("promoted", "skipped") else 1)
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str | None, typer.Option(help='Cron schedule, e.g. "0 3 * * *".')] = None,
+    interval: Annotated[int | None, typer.Option(help="Or every this many seconds.")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
+    port: Annotated[int, typer.Option(
+        help="Port of the Prefect server started when PREFECT_API_URL is not set.")] = 4200,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Serve the retrain flow on a schedule until stopped (Ctrl-C). Runs never overlap: a tick
+    that comes while a retrain is running is cancelled. Without PREFECT_API_URL, a Prefect
+    server for this project starts on 127.0.0.1 (its UI shows the runs) and stops with it."""
+    if (cron is None) == (interval is None):
+        _fail("give exactly one of --cron or --interval", 2)
+    if interval is not None and interval <= 0:
+        _fail("--interval must be a positive number of seconds", 2)
+    project = Path.cwd()
+    apply_runtime_defaults(project)
+    _load(params)
+    import os
+
+    from tlpipe import stack
+
+    with contextlib.ExitStack() as servers:
+        if not os.environ.get("PREFECT_API_URL"):
+            os.environ["PREFECT_API_URL"] = servers.enter_context(stack.prefect_server(
+                Path(os.environ["PREFECT_HOME"]), project / ".prefect" / "logs", port=port))
+            typer.echo(f"Prefect server for this project: {os.environ['PREFECT_API_URL'][:-4]}")
+        # Only now: Prefect reads PREFECT_API_URL when it is first imported.
+        from tlpipe.scheduling import serve_retrain
+
+        try:
+            serve_retrain(project, params, cron=cron, interval=interval, timezone=timezone)
+        except ValueError as error:  # Prefect's check of the cron string or time zone
+            _fail(f"--cron {cron!r} / --timezone {timezone!r}: {error}", 2)
+
+
+stack_app = typer.Typer(help="The team stack on loopback: Prefect server, work pool and worker; "
+                             "MLflow server on PostgreSQL; a DVC directory remote.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up(
+    host: Annotated[str, typer.Option(help="Address the servers bind to.")] = "127.0.0.1",
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    postgres_port: int = 55432,
+    worker: Annotated[bool, typer.Option(help="Start a worker on the work pool.")] = True,
+) -> None:
+    """Start the stack under .stack/ (idempotent), then `source .stack/team.env` to use it."""
+    from tlpipe import stack
+
+    try:
+        state = stack.up(Path.cwd(), stack.Ports(prefect_port, mlflow_port, postgres_port),
+                         host, worker)
+    except stack.StackError as error:
+        _fail(str(error), 1)
+    typer.secho(f"Prefect: {state.prefect_api[:-4]}  MLflow: {state.mlflow_uri}  "
+                f"work pool: {stack.WORK_POOL}", fg=typer.colors.GREEN)
+    typer.echo("Next: source .stack/team.env && prefect --no-prompt deploy --all")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the worker, the servers and PostgreSQL, with all their child processes."""
+    from tlpipe import stack
+
+    stopped = stack.down(Path.cwd())
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "no stack was running here")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Which parts of the stack are running."""
+    from tlpipe import stack
+
+    alive = stack.status(Path.cwd())
+    if not alive:
+        _fail("no stack here: `tlpipe stack up`", 1)
+    for name, running in alive.items():
+        typer.echo(f"{name:<15} {'running' if running else 'stopped'}")
+    raise typer.Exit(0 if all(alive.values()) else 1)
 
 
 @app.command()

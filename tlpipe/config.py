@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -87,6 +87,9 @@ class FeaturesConfig(Section):
     channels_last: bool = True
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
     cache_dir: Path = Path(".cache/features")
+    # Split extraction into this many Prefect task runs (workers can take them in parallel);
+    # they fill the same content-addressed cache, so the result does not depend on it.
+    shards: PositiveInt = 1
 
 
 class HeadConfig(Section):
@@ -113,6 +116,10 @@ class FinetuneConfig(Section):
     batch_size: PositiveInt = 16
     patience: PositiveInt = 2
     checkpoint_dir: Path = Path(".cache/checkpoints")
+    # More than 1: fine-tune under torchrun with this many processes (DistributedDataParallel,
+    # each process a share of every batch, so the result matches one process).
+    processes: PositiveInt = 1
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
 
 
 class EvaluationConfig(Section):
@@ -151,6 +158,15 @@ class PromotionConfig(Section):
     lock_expiry_s: PositiveFloat = 3600   # a lock older than this is stale and may be broken
 
 
+class RetrainConfig(Section):
+    # Record the data with `dvc add` and commit its pointer before training, so the new model's
+    # git commit names its data; push it when the project has a default DVC remote.
+    version_data: bool = True
+    push_data: bool = True
+    notify_url: AnyHttpUrl | None = None  # gets a JSON POST with every retrain's outcome
+    notify_timeout_s: PositiveFloat = 10
+
+
 class TrackingConfig(Section):
     # MLFLOW_TRACKING_URI in the environment wins, so a team server needs no code change.
     tracking_uri: str = "sqlite:///mlflow/mlflow.db"
@@ -172,6 +188,7 @@ class Params(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
+    retrain: RetrainConfig = RetrainConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     def digest(self) -> str:

@@ -155,6 +155,14 @@ def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: Fe
                            seconds=time.perf_counter() - start)
 
 
+def shard_of(plan: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
+    """Part ``index`` of ``count`` of the plan, by cache key: a view always falls in the same
+    shard, whatever else the plan holds."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count}: the index must be in [0, {count})")
+    return plan[[int(key[:8], 16) % count == index for key in plan["key"]]]
+
+
 def load_split(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = plan[plan["split"] == split]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import distributed, nn
 from torch.nn import functional
 from tqdm.auto import tqdm
 
@@ -95,17 +96,51 @@ def _trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int
-              ) -> tuple[float, float]:
+def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int, device: torch.device,
+              shard: Shard) -> tuple[float, float]:
+    """Validation loss and accuracy; under torch.distributed each process scores its share
+    and the sums are combined, so every process takes the same early-stopping decision."""
     model.eval()
-    losses, correct, count = 0.0, 0, 0
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.inference_mode():
-        for images, labels in iterate_batches(dataset, batch_size, workers=1):
+        order = shard.of(list(range(len(dataset))), pad=False)
+        for images, labels in iterate_batches(dataset, batch_size, workers=1, order=order):
+            images, labels = images.to(device), labels.to(device)
             logits = model(images)
-            losses += functional.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(1) == labels).sum().item()
-            count += len(labels)
-    return losses / max(count, 1), correct / max(count, 1)
+            totals += torch.tensor([
+                functional.cross_entropy(logits, labels, reduction="sum").item(),
+                (logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
+    if shard.count > 1:
+        distributed.all_reduce(totals)
+    loss, correct, count = totals.tolist()
+    return loss / max(count, 1), correct / max(count, 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the work under torch.distributed (index 0 of 1 without it)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def current(cls) -> Shard:
+        if distributed.is_available() and distributed.is_initialized():
+            return cls(distributed.get_rank(), distributed.get_world_size())
+        return cls()
+
+    def of(self, order: list[int], pad: bool = True) -> list[int]:
+        """Every ``count``-th item from ``index``. When ``count`` divides B, batch b of size
+        B/count on each process holds exactly the items of batch b of size B in one process
+        (otherwise nearly). With ``pad``, the
+        order is first padded to a multiple of ``count``, so every process takes the same
+        number of steps (DistributedDataParallel needs that)."""
+        if pad and len(order) % self.count:
+            order = order + order[:self.count - len(order) % self.count]
+        return order[self.index::self.count]
+
+    def batch_size(self, batch_size: int) -> int:
+        return max(1, math.ceil(batch_size / self.count))
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
@@ -116,15 +151,21 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     ``checkpoint`` must be unique to this run's inputs (the caller keys it by content), so a
     checkpoint found there always belongs to the same training run.
     """
-    torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head))
+    shard, device = Shard.current(), _device()
+    torch.manual_seed(seed + shard.index)  # each process its own augmentation draws
+    model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head)).to(device)
     blocks = _matching_blocks(backbone, model.backbone)
     groups = parameter_groups(model, blocks, config)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train_paths) / config.batch_size)
+    batch_size = shard.batch_size(config.batch_size)
+    steps_per_epoch = math.ceil(len(shard.of(list(range(len(data.train_paths))))) / batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * config.epochs, config.warmup_fraction))
-    weights = class_weights(torch.tensor(data.train_labels), data.num_classes)
+    weights = class_weights(torch.tensor(data.train_labels), data.num_classes).to(device)
+    # Gradients are averaged across processes after each backward pass; BatchNorm buffers
+    # are frozen and equal everywhere, so they need no broadcast.
+    forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
+               if shard.count > 1 else model)
     train_set = ImageFolderRows(data.root, data.train_paths,
                                 train_transform(backbone.preprocessing, augment),
                                 labels=data.train_labels)
@@ -138,12 +179,12 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         if state["trainable"] != _trainable_names(model):
             raise RuntimeError(f"{checkpoint}: trainable parameters differ from this run's; "
                                "delete the checkpoint to start over")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])  # the same state in every process
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         best_state, best_loss, stale = state["best_model"], state["best_loss"], state["stale"]
         history = TrainingHistory(state["history"], state["best_epoch"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"])  # the first process's stream (exact for 1 process)
         resumed_from = state["epoch"]
         start_epoch = resumed_from + 1
     if stale >= config.patience:
@@ -156,17 +197,19 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                                generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         # Inline loading: augmentation and dropout then draw from one RNG stream in one
         # order, so a run (and a resumed run) is reproducible.
-        batches = iterate_batches(train_set, config.batch_size, workers=0, order=order)
+        batches = iterate_batches(train_set, batch_size, workers=0, order=shard.of(order))
         total, seen = 0.0, 0
         for images, labels in tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
-                                   unit="batch", total=steps_per_epoch):
-            loss = functional.cross_entropy(model(images), labels, weight=weights)
+                                   unit="batch", total=steps_per_epoch,
+                                   disable=shard.index > 0):
+            images, labels = images.to(device), labels.to(device)
+            loss = functional.cross_entropy(forward(images), labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
-        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size)
+        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size, device, shard)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "val_accuracy": val_accuracy}
         history.record(**record)
@@ -176,19 +219,30 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         else:
             stale += 1
         epochs_run += 1
-        _save_checkpoint(checkpoint, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "best_model": best_state,
-            "best_loss": best_loss, "stale": stale, "history": history.epochs,
-            "best_epoch": history.best_epoch, "trainable": _trainable_names(model),
-            "rng": torch.get_rng_state(),
-        })
+        if shard.index == 0:
+            _save_checkpoint(checkpoint, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best_model": best_state,
+                "best_loss": best_loss, "stale": stale, "history": history.epochs,
+                "best_epoch": history.best_epoch, "trainable": _trainable_names(model),
+                "rng": torch.get_rng_state(),
+            })
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
-    return FinetuneResult(model.eval(), history, resumed_from, epochs_run)
+    return FinetuneResult(model.eval().cpu(), history, resumed_from, epochs_run)
+
+
+def _device() -> torch.device:
+    """One GPU per process under NCCL (torchrun sets LOCAL_RANK); otherwise the CPU."""
+    if (distributed.is_available() and distributed.is_initialized()
+            and distributed.get_backend() == "nccl"):
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 def _matching_blocks(backbone: Backbone, copied: nn.Module) -> list[list[nn.Parameter]]:

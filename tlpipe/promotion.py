@@ -79,7 +79,7 @@ class Candidates:
     champion: str | None
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as error:
@@ -92,7 +92,7 @@ def find_candidates(registry: RegistryConfig, version: str | None = None) -> Can
     """The challenger (``version``, or the version holding ``registry.alias``) and the
     current champion."""
     client, name = MlflowClient(), registry.model_name
-    challenger = str(version) if version is not None else _alias_version(client, name,
+    challenger = str(version) if version is not None else alias_version(client, name,
                                                                          registry.alias)
     if challenger is None:
         raise PromotionError(f"{name!r} has no @{registry.alias} version: train one with "
@@ -102,7 +102,7 @@ def find_candidates(registry: RegistryConfig, version: str | None = None) -> Can
     except MlflowException:
         raise PromotionError(f"{name!r} has no version {challenger}; `tlpipe models` lists "
                              "them") from None
-    return Candidates(name, challenger, _alias_version(client, name, registry.champion_alias))
+    return Candidates(name, challenger, alias_version(client, name, registry.champion_alias))
 
 
 def load_version(name: str, version: str) -> tuple[Classifier, ModelSpec]:
@@ -292,7 +292,7 @@ def champion_history(client: MlflowClient, name: str) -> list[str]:
 
 def _make_champion(client: MlflowClient, registry: RegistryConfig, version: str) -> None:
     name = registry.model_name
-    current = _alias_version(client, name, registry.champion_alias)
+    current = alias_version(client, name, registry.champion_alias)
     history = [v for v in champion_history(client, name) if v != version]
     if current is not None:
         if not history or history[-1] != current:  # aliases were moved by hand meanwhile
@@ -354,8 +354,8 @@ def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[st
               ) -> Decision:
     client, registry = MlflowClient(), params.registry
     name = registry.model_name
-    current = _alias_version(client, name, registry.champion_alias)
-    target = _alias_version(client, name, registry.previous_alias)
+    current = alias_version(client, name, registry.champion_alias)
+    target = alias_version(client, name, registry.previous_alias)
     if target is None:
         raise PromotionError(f"{name!r} has no @{registry.previous_alias} version to roll "
                              "back to; `tlpipe models` shows the aliases")

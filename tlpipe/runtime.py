@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 
-def apply_runtime_defaults(project_dir: Path) -> None:
+def runtime_defaults(project_dir: Path) -> dict[str, str]:
     project_dir = Path(project_dir).resolve()
-    defaults = {
+    return {
         "DO_NOT_TRACK": "true",  # MLflow ignores "1"
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per small model file is noise
@@ -25,5 +25,8 @@ def apply_runtime_defaults(project_dir: Path) -> None:
         "TORCHINDUCTOR_CACHE_DIR": str(project_dir / ".cache" / "inductor"),
         "TQDM_MININTERVAL": "2",
     }
-    for key, value in defaults.items():
+
+
+def apply_runtime_defaults(project_dir: Path) -> None:
+    for key, value in runtime_defaults(project_dir).items():
         os.environ.setdefault(key, value)

@@ -133,20 +133,44 @@ def feature_spec(params: Params, backbone: Backbone):
     )
 
 
+def _feature_plan(params: Params, project_dir: Path):
+    from tlpipe.features import FeatureCache, plan_views
+
+    backbone = backbone_for(params, project_dir)
+    plan = plan_views(load_manifest(outputs_for(params, project_dir).validated),
+                      params.features.views, feature_spec(params, backbone))
+    return plan, backbone, FeatureCache(resolve(project_dir, params.features.cache_dir))
+
+
+def _fill_cache(params: Params, project_dir: Path, plan, backbone, cache) -> dict:
+    from tlpipe.features import extract_features
+
+    stats = extract_features(plan, data_root(params, project_dir), backbone, params.features,
+                             params.augment, params.seed, cache)
+    return {"computed": stats.computed, "cached": stats.cached, "seconds": stats.seconds,
+            "images_per_second": stats.images_per_second,
+            "weights_digest": backbone.weights_digest}
+
+
+def extract_shard(params: Params, project_dir: Path, index: int) -> dict:
+    """Fill the feature cache for one of ``features.shards`` parts of the plan. Shards can run
+    anywhere that shares the cache folder, in any order; ``extract`` then finds every view
+    cached."""
+    from tlpipe.features import shard_of
+
+    plan, backbone, cache = _feature_plan(params, project_dir)
+    part = shard_of(plan, index, params.features.shards)
+    return {"shard": index, **_fill_cache(params, project_dir, part, backbone, cache)}
+
+
 def extract(params: Params, project_dir: Path) -> dict:
-    from tlpipe.features import FeatureCache, extract_features, plan_views, save_plan
+    from tlpipe.features import save_plan
 
     out = outputs_for(params, project_dir)
-    backbone = backbone_for(params, project_dir)
-    plan = plan_views(load_manifest(out.validated), params.features.views,
-                      feature_spec(params, backbone))
-    stats = extract_features(plan, data_root(params, project_dir), backbone, params.features,
-                             params.augment, params.seed,
-                             FeatureCache(resolve(project_dir, params.features.cache_dir)))
+    plan, backbone, cache = _feature_plan(params, project_dir)
+    stats = _fill_cache(params, project_dir, plan, backbone, cache)
     save_plan(plan, out.plan)
-    return {"plan": str(out.plan), "computed": stats.computed, "cached": stats.cached,
-            "seconds": stats.seconds, "images_per_second": stats.images_per_second,
-            "weights_digest": backbone.weights_digest}
+    return {"plan": str(out.plan), **stats}
 
 
 # --- training ---------------------------------------------------------------------------
@@ -192,7 +216,7 @@ def checkpoint_path(params: Params, project_dir: Path, head_sha256: str,
 
 
 def finetune_step(params: Params, project_dir: Path, on_epoch_end=None) -> dict:
-    from tlpipe.finetune import Classifier, FinetuneData, finetune
+    from tlpipe.finetune import Classifier, FinetuneData, Shard, finetune
     from tlpipe.head import build_head
     from tlpipe.model_io import save_classifier
 
@@ -209,6 +233,12 @@ def finetune_step(params: Params, project_dir: Path, on_epoch_end=None) -> dict:
         return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
                 "history": []}
 
+    shard = Shard.current()
+    if params.finetune.processes > 1 and shard.count == 1:
+        from tlpipe.distributed import launch_finetune
+
+        return launch_finetune(params, project_dir, on_epoch_end)
+
     def rows(split: str) -> tuple[list[str], list[int]]:
         part = validated[validated["split"] == split]
         return part["path"].tolist(), [classes.index(label) for label in part["label"]]
@@ -221,6 +251,8 @@ def finetune_step(params: Params, project_dir: Path, on_epoch_end=None) -> dict:
                                  manifest_fingerprint(validated), backbone.weights_digest)
     result = finetune(backbone, head, data, params.finetune, params.augment, params.seed,
                       checkpoint, on_epoch_end)
+    if shard.index > 0:
+        return {}  # under torchrun the first process writes the outputs
     save_classifier(result.model, spec, out.model_dir)
     write_json(out.finetune_history, {"epochs": result.history.epochs,
                                       "best_epoch": result.history.best_epoch})

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import yaml
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from tlpipe.config import TrackingConfig
+from tlpipe.data_version import pointer_md5
 
 STAGE_TAG, KIND_TAG, PID_TAG, HOST_TAG = "tlpipe.stage", "tlpipe.kind", "tlpipe.pid", "tlpipe.host"
 SESSION_TAG = "tlpipe.session"
@@ -185,11 +185,7 @@ def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
     """Where a run came from: the git commit, the DVC version of its data, the dvc.lock hash."""
     tags = git_state(project_dir)
     pointer = Path(f"{data_root}.dvc")
-    if pointer.is_file():
-        outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
-        tags["data_dvc_md5"] = str(outs[0].get("md5", "unknown"))
-    else:
-        tags["data_dvc_md5"] = "untracked"
+    tags["data_dvc_md5"] = (pointer_md5(pointer) or "unknown") if pointer.is_file() else "untracked"
     lock = project_dir / "dvc.lock"
     tags["dvc_lock_sha256"] = (hashlib.sha256(lock.read_bytes()).hexdigest()
                                if lock.is_file() else "none")

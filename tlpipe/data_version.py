@@ -1,0 +1,105 @@
+"""The version of the training data as DVC sees it: record it, commit its pointer, push it.
+
+A retrain must know whether the images changed since the champion was trained. DVC already
+hashes a data folder for `dvc add` (and remembers file hashes by inode and mtime, so an
+unchanged folder is re-checked quickly); its directory hash is the data version that every
+registered model carries in its `data_dvc_md5` tag.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class DataVersionError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    md5: str                 # DVC's directory hash of the data folder
+    pointer: str             # the .dvc file, relative to the project
+    committed: str | None    # the git commit made for a new pointer, if any
+    pushed: bool             # sent to the project's default DVC remote
+
+
+def _run(command: list[str], project: Path, what: str) -> str:
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DataVersionError(f"{what} failed in {project} (`{' '.join(command[-3:])}`):\n"
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    return result.stdout.strip()
+
+
+def _dvc(project: Path, *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], project, f"dvc {args[0]}")
+
+
+def pointer_md5(pointer: Path) -> str | None:
+    """The data version a .dvc pointer records, or None where there is no pointer."""
+    if not pointer.is_file():
+        return None
+    outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def _git_identity(project: Path) -> list[str]:
+    """A commit identity for machines (schedulers, CI) that have none configured."""
+    configured = subprocess.run(["git", "config", "user.email"], cwd=project,
+                                capture_output=True, text=True).stdout.strip()
+    return [] if configured else ["-c", "user.name=tlpipe", "-c", "user.email=tlpipe@localhost"]
+
+
+def _commit_pointer(project: Path, paths: list[Path], md5: str) -> str | None:
+    relative = [str(path.relative_to(project)) for path in paths if path.exists()]
+    _run(["git", "add", "--", *relative], project, "git add")
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *relative],
+                            cwd=project).returncode
+    if staged == 0:
+        return None  # the pointer already committed names this data
+    _run(["git", *_git_identity(project), "commit", "--quiet", "--only",
+          "-m", f"data: {relative[0]} at {md5[:12]} (tlpipe retrain)", "--", *relative],
+         project, "git commit")
+    return _run(["git", "rev-parse", "HEAD"], project, "git rev-parse")
+
+
+def _has_default_remote(project: Path) -> bool:
+    result = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=project,
+                            capture_output=True, text=True)
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def record_data_version(data_root: Path, project: Path, commit: bool = True,
+                        push: bool = True) -> DataVersion:
+    """`dvc add` the data folder, commit its pointer if it changed, push to the default remote.
+
+    Raises DataVersionError naming the folder when DVC cannot track it (outside the project,
+    no `dvc init`, not a git repository).
+    """
+    data_root, project = data_root.resolve(), project.resolve()
+    if not data_root.is_dir():
+        raise DataVersionError(f"data.root {data_root}: no such folder")
+    if not data_root.is_relative_to(project):
+        raise DataVersionError(
+            f"data.root {data_root} is outside the project {project}: DVC can only version "
+            "data inside it. Move the images under the project (e.g. data/raw/) or set "
+            "retrain.version_data: false to compare data by content fingerprint only")
+    if not (project / ".dvc").is_dir():
+        raise DataVersionError(f"{project} has no DVC repository: run `dvc init` there first")
+    _dvc(project, "add", "--quiet", str(data_root.relative_to(project)))
+    pointer = Path(f"{data_root}.dvc")
+    md5 = pointer_md5(pointer)
+    if not md5:
+        raise DataVersionError(f"{pointer}: dvc add wrote no md5")
+    committed = (_commit_pointer(project, [pointer, data_root.parent / ".gitignore"], md5)
+                 if commit else None)
+    pushed = False
+    if push and _has_default_remote(project):
+        _dvc(project, "push", "--quiet", str(pointer.relative_to(project)))
+        pushed = True
+    return DataVersion(md5, str(pointer.relative_to(project)), committed, pushed)
