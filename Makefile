@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(BIN)/tlpipe run
 	@echo "Browse the run: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db"
 
+# Two workers, one test file each at a time: half the suite waits on servers and subprocesses,
+# so two files side by side use both cores (about 15 min in one process on 2 cores).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.dvc_stage`).
 repro: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = (REPO / ".." / "shared" / "datasets" / "hymenoptera_data").resolve()
 
 # Before Prefect or MLflow is imported anywhere in the test session.
-_SESSION_STATE = Path(os.environ.get("TLPIPE_TEST_STATE", "/tmp/tlpipe-test-state"))
+# One folder per pytest-xdist worker: each worker is a test session of its own.
+_SESSION_STATE = Path(os.environ.get("TLPIPE_TEST_STATE", "/tmp/tlpipe-test-state")
+                      + os.environ.get("PYTEST_XDIST_WORKER", ""))
 shutil.rmtree(_SESSION_STATE, ignore_errors=True)
 _SESSION_STATE.mkdir(parents=True)
 apply_runtime_defaults(_SESSION_STATE)
@@ -80,6 +83,17 @@ def make_project(directory: Path, data: Path, extra: dict | None = None) -> Path
     subprocess.run([*git, "add", "params.yaml"], cwd=directory, check=True)
     subprocess.run([*git, "commit", "-qm", "params"], cwd=directory, check=True)
     return directory
+
+
+def cli_env(prefect_home: Path | None = None) -> dict[str, str]:
+    """The environment for a tlpipe command in a subprocess: without the MLflow store that
+    mlflow.set_tracking_uri() left in os.environ, so the project's own params decide."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    if prefect_home is not None:  # each CLI process then runs its own Prefect server
+        env["PREFECT_HOME"] = str(prefect_home)
+    return env
 
 
 @pytest.fixture(scope="session")

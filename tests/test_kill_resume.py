@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,16 +11,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import copy_slice, make_project
+from tests.conftest import cli_env, copy_slice, make_project
 from tlpipe import tracking
 from tlpipe.config import load_params
 
 
 def _tlpipe(project: Path) -> subprocess.Popen:
-    # Earlier tests' mlflow.set_tracking_uri() exported MLFLOW_TRACKING_URI; a user's shell
-    # would not have it, and the run must use the project's own store.
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run"], cwd=project, env=env,
+    return subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run"], cwd=project,
+                            env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from typer.testing import CliRunner
 
 from flows.promote import promote_flow
 from flows.train import train_flow
-from tests.conftest import copy_slice, make_project
+from tests.conftest import cli_env, copy_slice, make_project
 from tlpipe import tracking
 from tlpipe.cli import app
 from tlpipe.config import load_params
@@ -234,12 +233,12 @@ def test_lock_waits_breaks_dead_holders_and_times_out(trained):
         assert client.get_registered_model(lock_name(name)).tags["owner"] != "gone"
 
 
-def _cli_env(prefect_home: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    if prefect_home is not None:  # each CLI process then runs its own Prefect server
-        env["PREFECT_HOME"] = str(prefect_home)
-    return env
+def harness_env() -> dict[str, str]:
+    """A CLI subprocess that talks to this session's Prefect test server, instead of
+    starting a temporary server of its own (seconds of CPU each)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 def test_two_concurrent_promotions_leave_one_champion_and_a_consistent_record(trained):
@@ -253,7 +252,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_a_consistent_record(tr
     tlpipe = [sys.executable, "-m", "tlpipe.cli", "promote"]
     processes = [subprocess.Popen([*tlpipe, version, "--params", str(cli_params)],
                                   cwd=trained.project, text=True,
-                                  env=_cli_env(trained.base / f"prefect-{version}"),
+                                  env=harness_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                  for version in (first, second)]
     outputs = [process.communicate(timeout=300)[0] for process in processes]
@@ -293,7 +292,7 @@ def _free_port() -> int:
 def test_mlflow_models_serve_answers_a_real_request_with_the_right_label(trained,
                                                                          served_champion):
     port = _free_port()
-    env = {**_cli_env(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    env = {**cli_env(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
          f"models:/{served_champion}@champion", "--env-manager", "local", "-h", "127.0.0.1",

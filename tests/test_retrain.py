@@ -9,7 +9,6 @@ tick after that refusal (skipped, not retrained again), broken data (failed, not
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -25,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_PARAMS, copy_slice
+from tests.conftest import SMALL_PARAMS, cli_env, copy_slice
 from tlpipe import tracking
 from tlpipe.config import deep_merge, load_params
 from tlpipe.retrain import TrainedOn, plan_retrain
@@ -102,7 +101,9 @@ def test_retrain_story(tmp_path, prefect_harness, webhook):
         "finetune": {"epochs": 0}, "registry": {"model_name": "retrain-story"},
         "retrain": {"notify_url": webhook.url}})
     params = load_params(project / "params.yaml")
-    client = MlflowClient(tracking.tracking_uri(params.tracking, project))
+    store = tracking.tracking_uri(params.tracking, project)
+    # The registry named too: MlflowClient would otherwise take the last mlflow.set_registry_uri.
+    client = MlflowClient(store, store)
     pointer = project / "data" / "raw" / "slice.dvc"
 
     def retrain(**overrides):
@@ -170,10 +171,8 @@ def serve_scheduled_tick(project: Path, client: MlflowClient) -> None:
     experiment = client.get_experiment_by_name("tlpipe").experiment_id
     query = "tags.`tlpipe.kind` = 'retrain' and attributes.status = 'FINISHED'"
     before = len(client.search_runs([experiment], query))
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(project / ".prefect"),
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
-               PREFECT_RUNNER_POLL_FREQUENCY="2")
+    env = {**cli_env(project / ".prefect"), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     with open(project / "schedule.log", "wb") as log:
         served = subprocess.Popen(
             [sys.executable, "-m", "tlpipe.cli", "schedule", "--interval", "5", "--port",
@@ -215,7 +214,8 @@ def test_failure_is_recorded_even_when_the_webhook_is_down(tmp_path, prefect_har
     with pytest.raises(ValidationFailed):
         state.result()
     params = load_params(project / "params.yaml")
-    client = MlflowClient(tracking.tracking_uri(params.tracking, project))
+    store = tracking.tracking_uri(params.tracking, project)
+    client = MlflowClient(store, store)
     run = client.search_runs([client.get_experiment_by_name("tlpipe").experiment_id],
                              "tags.`tlpipe.kind` = 'retrain'")[0]
     assert run.info.status == "FAILED"

@@ -89,8 +89,10 @@ def team_project():
 
 def test_scheduled_retrain_on_the_team_stack(team_project, monkeypatch):
     project = team_project
-    # The scheduler looks for due runs every 5 s instead of every 60 s.
+    # The scheduler looks for due runs every 5 s instead of every 60 s, the worker for runs
+    # to start every 2 s instead of every 10 s.
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
+    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")
     ports = stack.Ports(free_port(), free_port(), free_port())
     try:
         state = stack.up(project, ports)
@@ -107,7 +109,7 @@ def test_scheduled_retrain_on_the_team_stack(team_project, monkeypatch):
 
         first = wait_for_run(state.prefect_api, 1, worker_log)
         assert first["state"]["name"] == "Promoted", first["state"]
-        client = MlflowClient(state.mlflow_uri)
+        client = MlflowClient(state.mlflow_uri, state.mlflow_uri)
         champion = client.get_model_version_by_alias("team-ants-bees", "champion")
         assert str(champion.version) == "1"
 

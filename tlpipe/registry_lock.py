@@ -62,7 +62,9 @@ def _try_acquire(client: MlflowClient, name: str, owner: str) -> bool:
             name, description="Held while a tlpipe promotion runs; deleted when it ends.",
             tags={"owner": owner, "host": host, "pid": pid, "acquired_at": f"{time.time():.3f}"})
     except MlflowException as error:
-        if error.error_code == "RESOURCE_ALREADY_EXISTS":
+        # RESOURCE_DOES_NOT_EXIST: the SQL store found the lock on insert, then it was
+        # released before the store read it back to word its error. Held a moment ago.
+        if error.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
         raise
     return True

@@ -188,10 +188,13 @@ def start_postgres(directory: Path, port: int, host: str) -> None:
         _run(_as_postgres_user([str(binaries / "initdb"), "-D", str(data), "-A", "trust",
                                 "-U", "postgres", "--no-sync"]),
              f"initdb in {data} (the postgres user must be able to reach this folder)")
-    _run(_as_postgres_user([
-        str(binaries / "pg_ctl"), "-D", str(data), "-l", str(directory / "postgres.log"),
-        "-o", f"-p {port} -k {sockets} -c listen_addresses={host}", "-w", "start"]),
-        f"starting PostgreSQL on {host}:{port}")
+    already = subprocess.run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data),
+                                                 "status"]), capture_output=True).returncode == 0
+    if not already:
+        _run(_as_postgres_user([
+            str(binaries / "pg_ctl"), "-D", str(data), "-l", str(directory / "postgres.log"),
+            "-o", f"-p {port} -k {sockets} -c listen_addresses={host}", "-w", "start"]),
+            f"starting PostgreSQL on {host}:{port}")
     databases = _run(_as_postgres_user([
         "psql", "-h", host, "-p", str(port), "-U", "postgres", "-tAc",
         "SELECT datname FROM pg_database"]), "listing PostgreSQL databases")
