@@ -109,12 +109,8 @@ def reproduce(model_uri: str, project: Path, keep: bool = False) -> Reproduction
         _run(["git", "worktree", "add", "--detach", "--force", str(worktree), commit], project)
         # Share the project's DVC cache, so the data comes back without a remote.
         _run([*dvc, "config", "--local", "cache.dir", str(project / ".dvc" / "cache")], worktree)
-        # Only the data pointers: a commit made without `dvc repro` has no dvc.lock, and
-        # `dvc repro` below rebuilds every stage output anyway.
-        pointers = subprocess.run(["git", "ls-files", "*.dvc"], cwd=worktree, capture_output=True,
-                                  text=True).stdout.split()
         try:
-            _run([*dvc, "checkout", "--quiet", *pointers], worktree, env)
+            _run([*dvc, "checkout", "--quiet"], worktree, env)
         except LineageError as error:
             raise LineageError(f"{error}\nThe data of commit {commit[:12]} is not in the DVC "
                                "cache: run `dvc pull` in the project first") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron, Interval
@@ -22,8 +23,6 @@ def serve_retrain(project: Path, params_file: Path, cron: str | None = None,
                   interval: int | None = None, timezone: str = "UTC") -> None:
     """Serve until stopped; then stop what this process started as well (Prefect leaves the
     flow-run processes running when it is stopped with SIGTERM)."""
-    import psutil
-
     when = Cron(cron, timezone=timezone) if cron else Interval(interval, timezone=timezone)
     try:
         retrain_flow.serve(
