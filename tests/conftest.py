@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,12 @@ def make_project(directory: Path, data: Path, extra: dict | None = None) -> Path
     subprocess.run([*git, "add", "params.yaml"], cwd=directory, check=True)
     subprocess.run([*git, "commit", "-qm", "params"], cwd=directory, check=True)
     return directory
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def cli_env(prefect_home: Path | None = None) -> dict[str, str]:

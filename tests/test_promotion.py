@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from flows.promote import promote_flow
 from flows.train import train_flow
-from tests.conftest import cli_env, copy_slice, make_project
+from tests.conftest import cli_env, copy_slice, free_port, make_project
 from tlpipe import tracking
 from tlpipe.cli import app
 from tlpipe.config import load_params
@@ -37,6 +37,7 @@ from tlpipe.model_io import load_classifier, save_classifier
 from tlpipe.registry import log_and_register
 from tlpipe.registry_lock import LockTimeout, lock_name, registry_lock
 from tlpipe.serving import IMAGE_COLUMN
+from tlpipe.stack import wait_healthy
 
 WEAK = {"head": {"epochs": 1, "lr": 3e-5}}  # one tiny step from a random head: near chance
 BEE = "val/bees/1032546534_06907fe3b3.jpg"
@@ -283,31 +284,19 @@ def served_champion(trained):
     return name
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_a_real_request_with_the_right_label(trained,
                                                                          served_champion):
-    port = _free_port()
+    port = free_port()
     env = {**cli_env(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-         f"models:/{served_champion}@champion", "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)], cwd=trained.project, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    log = trained.base / "models-serve.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+             f"models:/{served_champion}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+             "-p", str(port)], cwd=trained.project, env=env, stdout=output,
+            stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
-                assert time.monotonic() < deadline, "server not healthy within 120 s"
-                time.sleep(1)
+        wait_healthy(f"http://127.0.0.1:{port}/health", server.pid, log, timeout_s=120)
         images = [base64.b64encode((trained.data / path).read_bytes()).decode()
                   for path in (BEE, ANT)]
         request = urllib.request.Request(

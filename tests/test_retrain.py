@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_PARAMS, cli_env, copy_slice
+from tests.conftest import SMALL_PARAMS, cli_env, copy_slice, free_port
 from tlpipe import tracking
 from tlpipe.config import deep_merge, load_params
 from tlpipe.retrain import TrainedOn, plan_retrain
@@ -192,12 +191,6 @@ def serve_scheduled_tick(project: Path, client: MlflowClient) -> None:
     assert [process.pid for process in started if process.is_running()] == []
     newest = client.search_runs([experiment], query, order_by=["start_time DESC"])[0]
     assert newest.data.tags["retrain.outcome"] == "skipped"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_failure_is_recorded_even_when_the_webhook_is_down(tmp_path, prefect_harness):

@@ -21,8 +21,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, copy_slice
-from tests.test_retrain import dvc_project, free_port, sh
+from tests.conftest import REPO, copy_slice, free_port
+from tests.test_retrain import dvc_project, sh
 from tlpipe import stack
 
 pytestmark = pytest.mark.slow
