@@ -26,6 +26,7 @@ demo: $(STAMP)
 # so two files side by side use both cores (about 15 min in one process on 2 cores).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.dvc_stage`).
@@ -42,6 +43,7 @@ plots: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 
 clean:

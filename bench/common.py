@@ -15,12 +15,14 @@ apply_runtime_defaults(REPO)
 
 
 def demo_manifest():
-    """The demo set's manifest, the GIF placeholder quarantined as in the default params."""
-    from tlpipe.config import Params
-    from tlpipe.manifest import build_manifest
+    """The demo set's validated manifest, the GIF placeholder quarantined as in params.yaml."""
+    from tlpipe.config import parse_params
+    from tlpipe.validation import check_folder
 
-    params = Params()
+    params = parse_params({"validation": {"quarantine": ["format"]}})
     if not DEMO.is_dir():
         sys.exit(f"demo data not found at {DEMO}")
-    frame = build_manifest(DEMO, params.data, params.split, params.validation.max_pixels)
-    return frame[frame["format"].isin(params.validation.allowed_formats)], params
+    report, kept = check_folder(DEMO, params)
+    if not report.passed:
+        sys.exit(f"the demo data at {DEMO} fails validation:\n{report.to_markdown()}")
+    return kept, params

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from common import DEMO, demo_manifest
 
-from tlpipe.augment import ImageFolderRows, eval_transform, iterate_batches
 from tlpipe.backbones import load_backbone
-from tlpipe.features import FeatureCache, extract_features, forward_features, plan_views
-from tlpipe.steps import feature_spec
+from tlpipe.feature_store import FeatureCache
+from tlpipe.features import extract_features, forward_features, plan_views
+from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.stages.features import feature_spec
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from common import DEMO
 
-from tlpipe import steps
 from tlpipe.config import parse_params
+from tlpipe.stages import evaluate, features, finetune, head, manifest, validate
 
 
 def main() -> None:
@@ -29,17 +29,17 @@ def main() -> None:
     base = {"data": {"root": str(DEMO)}, "validation": {"quarantine": ["format"]},
             "finetune": {"epochs": args.epochs}}
     params = parse_params(base)
-    for step in (steps.make_manifest, steps.validate, steps.extract, steps.train_head_step):
-        step(params, project)
+    for stage in (manifest, validate, features, head):
+        stage.compute(params, project)
 
     rows = []
     for processes in (1, args.processes):
         settings = parse_params({**base, "finetune": {**base["finetune"],
                                                       "processes": processes}})
         start = time.perf_counter()
-        result = steps.finetune_step(settings, project)
+        result = finetune.compute(settings, project)
         seconds = time.perf_counter() - start
-        metrics = steps.evaluate_step(settings, project)
+        metrics = evaluate.compute(settings, project)
         best = result["history"][-1]
         rows.append((processes, seconds, best["val_loss"], best["val_accuracy"],
                      metrics["accuracy"], metrics["macro_f1"]))

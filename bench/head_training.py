@@ -19,11 +19,13 @@ import torch
 from common import DEMO, demo_manifest
 from torch.nn import functional
 
-from tlpipe.augment import ImageFolderRows, eval_transform, iterate_batches, train_transform
+from tlpipe.augment import train_transform
 from tlpipe.backbones import load_backbone
-from tlpipe.features import FeatureCache, extract_features, forward_features, load_split, plan_views
+from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.features import extract_features, forward_features, plan_views
 from tlpipe.head import build_head, train_head
-from tlpipe.steps import feature_spec
+from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.stages.features import feature_spec
 
 
 def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[float, float]:

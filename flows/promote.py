@@ -9,7 +9,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.promotion import find_candidates, load_test_split, record_decision, score_candidates
+from tasks.promotion import (
+    current_test_split,
+    find_candidates,
+    record_decision,
+    score_candidates,
+)
+from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.promotion import Decision, already_decided, decide, decision_key
 from tlpipe.registry_lock import registry_lock
@@ -23,7 +29,7 @@ def promote_flow(params: Params, project_dir: str = ".", version: str | None = N
     the current test split; with ``force_reason``, promote it regardless, recording why."""
     project = Path(project_dir).resolve()
     experiment_id = configure(params.tracking, project)
-    split = load_test_split(params, project)
+    split = current_test_split(params, project)
     # One promotion at a time per model: the champion read below stays the champion until
     # this decision is recorded.
     with registry_lock(params.registry.model_name, params.promotion.lock_wait_s,
@@ -42,7 +48,7 @@ def promote_flow(params: Params, project_dir: str = ".", version: str | None = N
                 decision = record_decision(
                     params, experiment_id, decide(params, candidates, scored, split,
                                                   force_reason),
-                    scored, split, key, {"prefect_flow_run_id": str(flow_run.get_id())})
+                    scored, split, key, {tags.PREFECT_FLOW_RUN_ID: str(flow_run.get_id())})
     print(f"{decision.model_name} v{decision.challenger}: {decision.verdict.upper()}"
           f"{' (decided earlier, run ' + decision.run_id + ')' if decision.reused else ''}: "
           f"{decision.reason}")

@@ -1,22 +1,29 @@
 """The retrain flow: if the data changed since the champion was trained, train on it and let
-the promotion gate decide; otherwise record that there was nothing new."""
+the promotion gate decide; otherwise record that there was nothing new. ``serve_retrain`` runs
+it on a schedule, with runs that never overlap."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType
 from prefect.runtime import flow_run
+from prefect.schedules import Cron, Interval
 from prefect.states import Completed
 
 from flows.promote import promote_flow
 from flows.train import train_flow
-from tasks.retrain import notify, registered_state, version_data
+from tasks.retrain import current_data_version, notify, registered_state
+from tlpipe import tags
 from tlpipe.config import Params, load_params
 from tlpipe.retrain import NotifyError, Outcome, outcome_of_decision, plan_retrain
-from tlpipe.tracking import KIND_TAG, configure, finishing, start_parent_run
+from tlpipe.stack import stop_tree
+from tlpipe.tracking import configure, finishing, start_parent_run
 
 
 @flow(name="tlpipe-retrain", log_prints=True)
@@ -32,7 +39,7 @@ def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force
     outcome = Outcome("failed", "", params.registry.model_name,
                       prefect_flow_run_id=str(flow_run.get_id()))
     outcome.retrain_run_id = start_parent_run(experiment_id, "retrain", {
-        KIND_TAG: "retrain", "prefect_flow_run_id": outcome.prefect_flow_run_id,
+        tags.KIND: "retrain", tags.PREFECT_FLOW_RUN_ID: outcome.prefect_flow_run_id,
         "retrain.force": str(force).lower()})
     with finishing(outcome.retrain_run_id):
         try:
@@ -50,7 +57,7 @@ def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force
 
 
 def _retrain(params: Params, project: Path, force: bool, outcome: Outcome) -> None:
-    data = version_data(params, project)
+    data = current_data_version(params, project)
     outcome.data_md5 = data.md5
     champion, newest = registered_state(params.registry)
     plan = plan_retrain(data.md5, champion, newest, force)
@@ -77,3 +84,26 @@ def _tell(params: Params, outcome: Outcome) -> None:
         notify(str(params.retrain.notify_url), outcome, params.retrain.notify_timeout_s)
     except NotifyError as error:  # a lost notification never changes the outcome
         print(f"notification not delivered: {error}")
+
+
+DEPLOYMENT = "retrain"
+# One retrain at a time per deployment; a tick that comes during a run is cancelled, not
+# queued, so a slow retrain is never followed by a pile of stale ones.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1,
+                                       collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def serve_retrain(project: Path, params_file: Path, cron: str | None = None,
+                  interval: int | None = None, timezone: str = "UTC") -> None:
+    """Serve until stopped; then stop what this process started as well (Prefect leaves the
+    flow-run processes running when it is stopped with SIGTERM)."""
+    when = Cron(cron, timezone=timezone) if cron else Interval(interval, timezone=timezone)
+    try:
+        retrain_flow.serve(
+            name=DEPLOYMENT, schedules=[when], global_limit=ONE_AT_A_TIME, limit=1,
+            parameters={"project_dir": str(project.resolve()), "params_file": str(params_file)},
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    finally:
+        for child in psutil.Process().children():
+            stop_tree(child.pid)

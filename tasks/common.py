@@ -23,8 +23,9 @@ def transient_only(task, task_run, state) -> bool:
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 3, "retry_condition_fn": transient_only}
 
 
-def step_task(name: str, step: Callable, **options) -> Task:
-    """A library step as a Prefect task. Prefect's result cache is not used: the library's
-    content-addressed caches also serve partial hits, the CLI and the DVC stages, and outputs
-    live at fixed paths that a cached result could not vouch for."""
-    return task(step, name=name, cache_policy=NO_CACHE, **options)
+def step_task(step: Callable, name: str | None = None, **options) -> Task:
+    """A library function as a Prefect task named after it (or ``name``). Prefect's result
+    cache is not used: the library's content-addressed caches also serve partial hits, the
+    CLI and the DVC stages, and outputs live at fixed paths that a cached result could not
+    vouch for."""
+    return task(step, name=name or step.__name__, cache_policy=NO_CACHE, **options)

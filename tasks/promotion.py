@@ -9,7 +9,7 @@ from __future__ import annotations
 from tasks.common import IO_RETRIES, step_task
 from tlpipe import promotion
 
-load_test_split = step_task("load-test-split", promotion.current_test_split)
-find_candidates = step_task("find-candidates", promotion.find_candidates, **IO_RETRIES)
-score_candidates = step_task("score-candidates", promotion.score_candidates, **IO_RETRIES)
-record_decision = step_task("record-decision", promotion.record_decision, **IO_RETRIES)
+current_test_split = step_task(promotion.current_test_split)
+find_candidates = step_task(promotion.find_candidates, **IO_RETRIES)
+score_candidates = step_task(promotion.score_candidates, **IO_RETRIES)
+record_decision = step_task(promotion.record_decision, **IO_RETRIES)

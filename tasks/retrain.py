@@ -5,6 +5,6 @@ from __future__ import annotations
 from tasks.common import IO_RETRIES, step_task
 from tlpipe import retrain
 
-version_data = step_task("version-data", retrain.current_data_version, **IO_RETRIES)
-registered_state = step_task("registered-state", retrain.registered_state, **IO_RETRIES)
-notify = step_task("notify", retrain.notify, retries=2, retry_delay_seconds=2)
+current_data_version = step_task(retrain.current_data_version, **IO_RETRIES)
+registered_state = step_task(retrain.registered_state, **IO_RETRIES)
+notify = step_task(retrain.notify, retries=2, retry_delay_seconds=2)

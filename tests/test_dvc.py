@@ -108,6 +108,32 @@ def test_second_repro_does_nothing(repos, first_repro):
     assert stages_run(output) == [] and "up to date" in output
 
 
+def edit_function(path: Path, signature: str) -> str:
+    """Add a statement to the function that starts with ``signature``; return the original."""
+    original = path.read_text()
+    line = next(line for line in original.splitlines() if line.startswith(signature))
+    path.write_text(original.replace(line + "\n", line + "\n    edited = True  # noqa\n", 1))
+    return original
+
+
+@pytest.mark.parametrize(("module", "signature", "expected"), [
+    # Fine-tuning validates and the preview's first column shows the evaluation preprocessing.
+    ("tlpipe/preprocess.py", "def eval_transform", {"augment", "features", "finetune",
+                                                    "evaluate"}),
+    ("tlpipe/stages/head.py", "def compute", {"head"}),
+])
+def test_editing_a_function_marks_only_the_stages_that_run_it(repos, first_repro, module,
+                                                              signature, expected):
+    _, clone = repos
+    original = edit_function(clone / module, signature)
+    try:
+        changed = json.loads(dvc("status", "--json", cwd=clone))
+    finally:
+        (clone / module).write_text(original)
+    assert set(changed) == expected
+    assert json.loads(dvc("status", "--json", cwd=clone)) == {}
+
+
 def test_same_code_data_and_params_give_identical_results(repos, first_repro):
     origin, clone = repos
     dvc("repro", cwd=origin)

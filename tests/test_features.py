@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlpipe.features import PLAIN_VIEW, FeatureCache, FeatureSpec
+from tlpipe.feature_store import FeatureCache
+from tlpipe.features import PLAIN_VIEW, FeatureSpec
 from tlpipe.fsio import atomic_path
 
 SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "bf16", True, 1)

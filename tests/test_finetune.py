@@ -8,8 +8,9 @@ import torch
 from tests.conftest import copy_slice
 from tlpipe.backbones import load_backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig, HeadConfig
-from tlpipe.finetune import Classifier, FinetuneData, finetune, parameter_groups
+from tlpipe.finetune import FinetuneData, finetune, parameter_groups
 from tlpipe.head import build_head
+from tlpipe.model_io import Classifier
 
 CONFIG = FinetuneConfig(epochs=2, batch_size=4, unfreeze_blocks=2, patience=5)
 

@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
-from tlpipe import steps, tracking
-from tlpipe.backbones import BackboneError
+from tlpipe import tracking
+from tlpipe.backbones import BackboneError, backbone_for
 from tlpipe.cli import app
 from tlpipe.config import load_params
 from tlpipe.model_io import load_classifier
+from tlpipe.pipeline import STAGES
 from tlpipe.serving import IMAGE_COLUMN
+from tlpipe.stages import evaluate, finetune
 from tlpipe.validation import ValidationFailed
 
 
@@ -65,14 +67,16 @@ def test_parent_run_holds_headline_metrics_tags_and_one_child_per_stage(trained)
     stages = sorted(run.data.tags["tlpipe.stage"] for run in children)
     assert stages == sorted(["manifest", "validate", "augment", "features", "head", "finetune",
                              "evaluate", "register"])
+    in_order = sorted(children, key=lambda run: run.info.start_time)
+    assert [run.data.tags["tlpipe.stage"] for run in in_order] == [s.name for s in STAGES]
     assert all(run.info.status == "FINISHED" for run in children)
     artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
     assert {"validation", "augment", "evaluation", "model_card.md"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(first["run_id"], "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/learning_curves.png",
             "evaluation/metrics.json"} <= evaluation
-    finetune = next(r for r in children if r.data.tags["tlpipe.stage"] == "finetune")
-    history = client.get_metric_history(finetune.info.run_id, "finetune_val_loss")
+    finetuned = next(r for r in children if r.data.tags["tlpipe.stage"] == "finetune")
+    history = client.get_metric_history(finetuned.info.run_id, "finetune_val_loss")
     assert len(history) == 1  # one fine-tune epoch in these params
 
 
@@ -109,12 +113,12 @@ def test_zero_finetune_epochs_registers_the_head_on_the_frozen_backbone(trained)
         "finetune": params.finetune.model_copy(update={"epochs": 0}),
         "outputs_dir": project / "outputs-head-only"})
     shutil.copytree(project / "outputs", head_only.outputs_dir)
-    result = steps.finetune_step(head_only, project)
+    result = finetune.compute(head_only, project)
     assert result["epochs_run"] == 0 and result["history"] == []
     model, _ = load_classifier(Path(result["model_dir"]))
-    backbone = steps.backbone_for(params, project)
+    backbone = backbone_for(params.backbone, project)
     assert torch.equal(model.backbone.conv_head.weight, backbone.model.conv_head.weight)
-    assert steps.evaluate_step(head_only, project)["accuracy"] >= 0.75
+    assert evaluate.compute(head_only, project)["accuracy"] >= 0.75
 
 
 def test_cli_predict_prints_top_labels_from_the_registry(trained, demo_root, monkeypatch):

@@ -348,8 +348,8 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, mo
                                                     tmp_path):
     import onnxruntime
 
-    from tlpipe.augment import eval_transform
     from tlpipe.images import load_rgb
+    from tlpipe.preprocess import eval_transform
     from tlpipe.promotion import load_version
 
     monkeypatch.chdir(trained.project)

@@ -1,15 +1,18 @@
-"""Scale-out: feature extraction in shards that fill one cache, and fine-tuning under a real
-torchrun with two processes (gloo on this CPU), compared with one process."""
+"""Scale-out: feature extraction in shards that fill one cache (one after another, and as
+concurrent task runs of the real flow), and fine-tuning under a real torchrun with two
+processes (gloo on this CPU), compared with one process."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import copy_slice, make_project
-from tlpipe import steps
 from tlpipe.config import load_params
-from tlpipe.features import FeatureCache
+from tlpipe.feature_store import FeatureCache
+from tlpipe.paths import outputs_for
+from tlpipe.stages import features, finetune, head, manifest, validate
 
 
 @pytest.fixture(scope="module")
@@ -18,24 +21,24 @@ def project(tmp_path_factory):
     data = copy_slice(base / "data", {"train": 14, "val": 8})
     project = make_project(base / "project", data, {"finetune": {"epochs": 1}})
     params = load_params(project / "params.yaml")
-    steps.make_manifest(params, project)
-    steps.validate(params, project)
+    manifest.compute(params, project)
+    validate.compute(params, project)
     return project
 
 
 @pytest.mark.slow
 def test_shards_fill_the_cache_that_one_extraction_reads(project):
     sharded = load_params(project / "params.yaml", {"features": {"shards": 2}})
-    parts = [steps.extract_shard(sharded, project, index) for index in range(2)]
+    parts = [features.fill_shard(sharded, project, index) for index in range(2)]
     assert all(part["computed"] > 0 for part in parts)
-    merged = steps.extract(sharded, project)
+    merged = features.compute(sharded, project)
     assert merged["computed"] == 0  # every view was in the cache already
     assert merged["cached"] == sum(part["computed"] for part in parts)
 
     # The same views computed in one pass, into a cache of their own, match.
     alone = load_params(project / "params.yaml",
                         {"features": {"cache_dir": str(project / "cache-alone")}})
-    assert steps.extract(alone, project)["computed"] == merged["cached"]
+    assert features.compute(alone, project)["computed"] == merged["cached"]
     import pandas as pd
 
     keys = pd.read_parquet(merged["plan"])["key"].unique()
@@ -45,20 +48,20 @@ def test_shards_fill_the_cache_that_one_extraction_reads(project):
     # bf16 autocast: batches of another make-up may round differently in the last bits.
     assert max(differences) < 0.05, max(differences)
     with pytest.raises(ValueError, match="shard 2 of 2"):
-        steps.extract_shard(sharded, project, 2)
+        features.fill_shard(sharded, project, 2)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(project):
     params = load_params(project / "params.yaml")
-    steps.extract(params, project)
-    steps.train_head_step(params, project)
-    one = steps.finetune_step(params, project)
+    features.compute(params, project)
+    head.compute(params, project)
+    one = finetune.compute(params, project)
 
     two_processes = load_params(project / "params.yaml", {"finetune": {"processes": 2}})
     replayed = []
-    two = steps.finetune_step(two_processes, project,
-                              on_epoch_end=lambda epoch, record: replayed.append(epoch))
+    two = finetune.compute(two_processes, project,
+                          on_epoch_end=lambda epoch, record: replayed.append(epoch))
     assert two["epochs_run"] == 1 and replayed == [0]
     assert two["checkpoint"] != one["checkpoint"]  # keyed by the settings, processes included
     # Each process takes half of every batch and the gradients are averaged: the same
@@ -69,5 +72,29 @@ def test_torchrun_two_processes_match_one(project):
         one["history"][0]["val_accuracy"], abs=0.1)
     from tlpipe.model_io import load_classifier
 
-    model, spec = load_classifier(steps.outputs_for(params, project).model_dir)
+    model, spec = load_classifier(outputs_for(params, project).model_dir)
     assert spec.classes == ["ants", "bees"] and not model.training
+
+
+@pytest.mark.slow
+def test_the_flow_fills_feature_shards_in_concurrent_task_runs(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train import train_flow
+
+    data = copy_slice(tmp_path / "data", {"train": 8, "val": 4})
+    project = make_project(tmp_path / "project", data, {
+        "features": {"shards": 2}, "finetune": {"epochs": 0},
+        "registry": {"model_name": "sharded"}})
+    result = train_flow(load_params(project / "params.yaml"), str(project))
+    assert result["features"]["computed"] == 0 and result["features"]["cached"] > 0
+
+    flow_run_id = MlflowClient().get_run(result["run_id"]).data.tags["prefect_flow_run_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    shards = [run for run in runs if run.name.startswith("features_shard")]
+    assert len(shards) == 2 and all(run.state.is_completed() for run in shards)
+    first, second = shards
+    assert first.start_time < second.end_time and second.start_time < first.end_time

@@ -4,7 +4,7 @@ import subprocess
 
 from mlflow.tracking import MlflowClient
 
-from tlpipe import tracking
+from tlpipe import tags, tracking
 from tlpipe.config import TrackingConfig
 
 
@@ -47,7 +47,7 @@ def test_runs_of_killed_processes_are_marked_failed_by_the_next_run(tmp_path):
     ended = subprocess.Popen(["true"])
     ended.wait()
     client = MlflowClient()
-    client.set_tag(context.parent_run_id, tracking.PID_TAG, str(ended.pid))
+    client.set_tag(context.parent_run_id, tags.PID, str(ended.pid))
     assert tracking.mark_abandoned_runs(context.experiment_id) == [context.parent_run_id]
     run = client.get_run(context.parent_run_id)
     assert run.info.status == "FAILED" and "killed" in run.data.tags["failure_reason"]

@@ -1,49 +1,24 @@
-"""Image pipelines: the training augmentation policy and the backbone's own preprocessing."""
+"""The training augmentation policy (torchvision transforms v2) and its preview grid."""
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from tlpipe.backbones import Preprocessing
 from tlpipe.config import AugmentConfig
+from tlpipe.fsio import write_atomic
 from tlpipe.images import load_rgb
-
-
-def _interpolation(preprocessing: Preprocessing) -> InterpolationMode:
-    return InterpolationMode(preprocessing.interpolation)
-
-
-def _to_normalised(preprocessing: Preprocessing) -> list:
-    return [v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
-
-
-def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """Exactly what the backbone saw in pretraining: resize, centre crop, normalise."""
-    # Resizing the PIL image (before ToImage) uses Pillow's SIMD resampling: several times
-    # cheaper than resizing the tensor, which matters when decoding shares 2 cores with the model.
-    return v2.Compose([
-        v2.Resize(preprocessing.resize_size, interpolation=_interpolation(preprocessing),
-                  antialias=True),
-        v2.CenterCrop(preprocessing.input_size),
-        v2.ToImage(),
-        *_to_normalised(preprocessing),
-    ])
+from tlpipe.preprocess import denormalise, eval_transform, interpolation, to_normalised
 
 
 def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.Compose:
     steps: list = [
         v2.RandomResizedCrop(preprocessing.input_size, scale=tuple(augment.crop_scale),
-                             interpolation=_interpolation(preprocessing), antialias=True),
+                             interpolation=interpolation(preprocessing), antialias=True),
         v2.RandomHorizontalFlip(augment.horizontal_flip),
         v2.ToImage(),
     ]
@@ -53,7 +28,7 @@ def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.
     if augment.color_jitter > 0:
         jitter = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    return v2.Compose(steps + _to_normalised(preprocessing))
+    return v2.Compose(steps + to_normalised(preprocessing))
 
 
 def view_seed(sha256: str, view: int, seed: int) -> int:
@@ -61,79 +36,11 @@ def view_seed(sha256: str, view: int, seed: int) -> int:
     return (int(sha256[:15], 16) ^ (view * 0x9E3779B1) ^ seed) % (2**63)
 
 
-# torch's RNG is process-wide: seeded transforms in loader threads must take turns.
-_SEEDED_TRANSFORM = threading.Lock()
-
-
-class ImageFolderRows(Dataset):
-    """Images listed by path, each optionally transformed under its own fixed seed."""
-
-    def __init__(self, root: Path, paths: list[str], transform: v2.Compose,
-                 seeds: list[int | None] | None = None, labels: list[int] | None = None):
-        self.root, self.paths, self.transform = Path(root), paths, transform
-        self.seeds = seeds or [None] * len(paths)
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(self.root / self.paths[index])
-        seed = self.seeds[index]
-        if seed is None:
-            tensor = self.transform(image)
-        else:
-            # A private RNG stream per item keeps cached views reproducible whatever the
-            # batching or worker count, without disturbing the caller's RNG.
-            with _SEEDED_TRANSFORM, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                tensor = self.transform(image)
-        return tensor, (self.labels[index] if self.labels is not None else index)
-
-
-def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
-                    order: Sequence[int] | None = None,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use.
-
-    Threads, not DataLoader worker processes: decoding and resizing release the GIL, and
-    forked workers die inside Prefect's process. With ``workers=0`` everything runs inline,
-    which keeps the caller's RNG use (dropout) deterministic.
-    """
-    order = list(range(len(dataset))) if order is None else list(order)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-    def load(chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [dataset[i] for i in chunk]
-        return (torch.stack([image for image, _ in items]),
-                torch.tensor([target for _, target in items]))
-
-    if workers == 0:
-        yield from map(load, chunks)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(load, chunk))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def denormalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    mean = torch.tensor(preprocessing.mean).view(-1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(-1, 3, 1, 1)
-    return (batch * std + mean).clamp(0, 1)
-
-
 def save_augmentation_preview(root: Path, paths: list[str], preprocessing: Preprocessing,
                               augment: AugmentConfig, seed: int, target: Path,
                               views_per_image: int = 4) -> Path:
     """A grid: each row is one training image, its first column the plain view."""
     from torchvision.utils import make_grid
-
-    from tlpipe.fsio import write_atomic
 
     plain, augmented = eval_transform(preprocessing), train_transform(preprocessing, augment)
     tiles = []

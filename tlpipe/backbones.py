@@ -7,6 +7,7 @@ raises :class:`BackboneError` saying what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from tlpipe.config import BackboneConfig
 from tlpipe.fsio import file_sha256
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -81,6 +83,17 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights_file: Path | None = None
         )
     backbone.model.eval().requires_grad_(False)
     return backbone
+
+
+@functools.cache
+def _loaded_once(name: str, weights_file: Path | None) -> Backbone:
+    return load_backbone(name, weights_file)
+
+
+def backbone_for(settings: BackboneConfig, project_dir: Path) -> Backbone:
+    """The configured backbone, loaded once per process: the stages of one flow share it."""
+    weights = settings.weights_file  # relative to the project; an absolute path stays as it is
+    return _loaded_once(settings.name, project_dir / weights if weights else None)
 
 
 def state_digest(model: nn.Module) -> str:

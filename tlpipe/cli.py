@@ -84,13 +84,13 @@ def run(
     # A SIGTERM during the flow reaches Prefect's handler, which raises inside the flow: the
     # MLflow run is then marked FAILED with that reason (tests/test_kill_resume.py).
     settings = _load(params, set_, data)
-    from flows.train import train_flow
+    from flows import start
     from tlpipe.promotion import PromotionError
     from tlpipe.registry_lock import LockTimeout
     from tlpipe.validation import ValidationFailed
 
     try:
-        summary = train_flow(settings, str(Path.cwd()))
+        summary = start.train_flow(settings, str(Path.cwd()))
     except ValidationFailed:
         report = settings.outputs_dir / "validation" / "report.md"
         _fail(f"Data validation failed (report above, in {report} and in MLflow); "
@@ -115,15 +115,13 @@ def validate(
     """Run the data validation gate alone. Exit 0 when it passes, 1 when it fails."""
     apply_runtime_defaults(Path.cwd())
     settings = _load(params)
-    from tlpipe.manifest import DataLayoutError, build_manifest
-    from tlpipe.validation import validate_manifest
+    from tlpipe.manifest import DataLayoutError
+    from tlpipe.validation import check_folder
 
     try:
-        manifest = build_manifest(data_dir, settings.data, settings.split,
-                                  settings.validation.max_pixels)
+        report, _ = check_folder(data_dir, settings)
     except DataLayoutError as error:
         _fail(str(error), 1)
-    report, _ = validate_manifest(manifest, settings.validation, settings.data.expected_classes)
     typer.echo(report.to_markdown())
     raise typer.Exit(0 if report.passed else 1)
 
@@ -239,12 +237,13 @@ def promote(
         _fail("--reason is only for --force; a gated promotion records the gate's reasons", 2)
     apply_runtime_defaults(Path.cwd())
     settings = _load(params)
-    from flows.promote import promote_flow
+    from flows import start
     from tlpipe.promotion import PromotionError
     from tlpipe.registry_lock import LockTimeout
 
     try:
-        decision = promote_flow(settings, str(Path.cwd()), version, reason if force else None)
+        decision = start.promote_flow(settings, str(Path.cwd()), version,
+                                      reason if force else None)
     except (PromotionError, LockTimeout) as error:
         _fail(str(error), 1)
     _print_decision(decision)
@@ -261,12 +260,13 @@ def rollback(
     from dataclasses import asdict
 
     from tlpipe import promotion, tracking
+    from tlpipe.lineage import git_state
     from tlpipe.registry_lock import LockTimeout
 
     experiment_id = tracking.configure(settings.tracking, Path.cwd())
     try:
         decision = promotion.rollback(settings, experiment_id, reason,
-                                      tracking.git_state(Path.cwd()))
+                                      git_state(Path.cwd()))
     except (promotion.PromotionError, LockTimeout) as error:
         _fail(str(error), 1)
     _print_decision(asdict(decision))
@@ -283,10 +283,10 @@ def retrain(
     when refused or failed. `tlpipe schedule` runs this on a schedule."""
     apply_runtime_defaults(Path.cwd())
     _load(params)  # bad settings fail here, naming the key, before any flow starts
-    from flows.retrain import retrain_flow
+    from flows import start
 
     try:
-        outcome = retrain_flow(str(Path.cwd()), str(params), force)
+        outcome = start.retrain_flow(str(Path.cwd()), str(params), force)
     except Exception as error:
         _fail(f"retrain failed: {error}", 1)
     colour = typer.colors.GREEN if outcome["outcome"] in ("promoted", "skipped") else \
@@ -324,10 +324,10 @@ def schedule(
                 Path(os.environ["PREFECT_HOME"]), project / ".prefect" / "logs", port=port))
             typer.echo(f"Prefect server for this project: {os.environ['PREFECT_API_URL'][:-4]}")
         # Only now: Prefect reads PREFECT_API_URL when it is first imported.
-        from tlpipe.scheduling import serve_retrain
+        from flows import start
 
         try:
-            serve_retrain(project, params, cron=cron, interval=interval, timezone=timezone)
+            start.serve_retrain(project, params, cron=cron, interval=interval, timezone=timezone)
         except ValueError as error:  # Prefect's check of the cron string or time zone
             _fail(f"--cron {cron!r} / --timezone {timezone!r}: {error}", 2)
 
@@ -420,8 +420,8 @@ def export(
     from tlpipe.export import ExportError, export_onnx
     from tlpipe.images import load_rgb
     from tlpipe.lineage import LineageError, resolve_version
+    from tlpipe.paths import data_root
     from tlpipe.promotion import load_version
-    from tlpipe.steps import data_root
 
     try:
         version = resolve_version(model_uri)

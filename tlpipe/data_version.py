@@ -9,11 +9,12 @@ registered model carries in its `data_dvc_md5` tag.
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tlpipe.commands import python_tool, run_command
 
 
 class DataVersionError(RuntimeError):
@@ -29,15 +30,11 @@ class DataVersion:
 
 
 def _run(command: list[str], project: Path, what: str) -> str:
-    result = subprocess.run(command, cwd=project, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DataVersionError(f"{what} failed in {project} (`{' '.join(command[-3:])}`):\n"
-                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
-    return result.stdout.strip()
+    return run_command(command, what, DataVersionError, project)
 
 
 def _dvc(project: Path, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], project, f"dvc {args[0]}")
+    return _run([*python_tool("dvc"), *args], project, f"dvc {args[0]}")
 
 
 def pointer_md5(pointer: Path) -> str | None:
@@ -69,7 +66,7 @@ def _commit_pointer(project: Path, paths: list[Path], md5: str) -> str | None:
 
 
 def _has_default_remote(project: Path) -> bool:
-    result = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=project,
+    result = subprocess.run([*python_tool("dvc"), "remote", "default"], cwd=project,
                             capture_output=True, text=True)
     return result.returncode == 0 and bool(result.stdout.strip())
 

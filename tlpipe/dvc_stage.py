@@ -1,4 +1,5 @@
-"""Entry point of the DVC stages: ``python -m tlpipe.dvc_stage STAGE``.
+"""Entry point of the DVC stages: ``python -m tlpipe.dvc_stage STAGE``, for each stage of
+``tlpipe.pipeline`` that ``dvc.yaml`` declares.
 
 Every stage of one ``dvc repro`` (or ``dvc exp run``) logs under one MLflow parent run, like a
 flow run: the parent is keyed by the DVC process found among this process's ancestors. The
@@ -40,15 +41,18 @@ def dvc_session() -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    from tlpipe.tracked import DVC_STAGES
+    from tlpipe.pipeline import DVC_STAGES, stage_named
 
-    if len(argv) != 1 or argv[0] not in DVC_STAGES:
-        print(f"usage: python -m tlpipe.dvc_stage {{{','.join(DVC_STAGES)}}}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in {stage.name for stage in DVC_STAGES}:
+        names = ",".join(stage.name for stage in DVC_STAGES)
+        print(f"usage: python -m tlpipe.dvc_stage {{{names}}}", file=sys.stderr)
         return 2
     project = Path.cwd()
     apply_runtime_defaults(project)
-    from tlpipe import steps, tracking
+    from tlpipe import tags, tracking
     from tlpipe.config import ConfigError, load_params
+    from tlpipe.lineage import lineage_tags
+    from tlpipe.paths import data_root
 
     try:
         params = load_params(project / "params.yaml")
@@ -58,11 +62,12 @@ def main(argv: list[str]) -> int:
     session, owner = dvc_session()
     context = tracking.session_run(
         params.tracking, project, session,
-        {"params_hash": params.digest(), "backbone": params.backbone.name, "trigger": "dvc",
-         tracking.PID_TAG: str(owner),  # the dvc process: it outlives each stage's process
-         **tracking.lineage_tags(project, steps.data_root(params, project))})
+        {tags.PARAMS_HASH: params.digest(), tags.BACKBONE: params.backbone.name,
+         tags.TRIGGER: "dvc",
+         tags.PID: str(owner),  # the dvc process: it outlives each stage's process
+         **lineage_tags(project, data_root(params, project))})
     with tracking.finishing(context.parent_run_id):
-        DVC_STAGES[argv[0]](context, params, project)
+        stage_named(argv[0], DVC_STAGES).module.run(context, params, project)
     return 0
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlpipe.augment import eval_transform
 from tlpipe.fsio import atomic_path, write_json
 from tlpipe.model_io import ModelSpec
+from tlpipe.preprocess import eval_transform
 
 # Largest allowed difference between ONNX Runtime's and PyTorch's class probabilities.
 # Both run float32; measured differences on the demo model are below 1e-6.

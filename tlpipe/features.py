@@ -1,35 +1,43 @@
 """Frozen-backbone features, computed once per (image content, weights, preprocessing, view).
 
-Each feature vector is one ``.npy`` file named by its key and written atomically, so a killed
-run leaves only whole entries, a second run over the same images does no forward pass, and a
-new image costs exactly one forward per view.
+A vector's key names everything that decides its value, the code that turns a file into it
+included, so a second run over the same images does no forward pass, a new image costs one
+forward per view, and a change of transform or decoding code is never served a stale vector.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tlpipe.augment import (
-    ImageFolderRows,
-    eval_transform,
-    iterate_batches,
-    train_transform,
-    view_seed,
-)
+from tlpipe.augment import train_transform, view_seed
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
-from tlpipe.fsio import sha256_text, write_atomic
+from tlpipe.feature_store import FeatureCache
+from tlpipe.fsio import file_sha256, sha256_text, write_atomic
+from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
 
 PLAIN_VIEW = 0  # views 1..N are augmented; view 0 is the evaluation preprocessing
+
+
+# The code that turns an image file into a vector: decoding, transforms, backbone, forward pass.
+_VECTOR_CODE = ("tlpipe.images", "tlpipe.preprocess", "tlpipe.augment", "tlpipe.backbones",
+                __name__)
+
+
+@functools.cache
+def vector_code_digest() -> str:
+    return sha256_text(*(file_sha256(importlib.import_module(name).__file__)
+                         for name in _VECTOR_CODE))
 
 
 @dataclass(frozen=True)
@@ -42,33 +50,13 @@ class FeatureSpec:
     precision: str
     channels_last: bool
     seed: int
+    code_digest: str = field(default_factory=vector_code_digest)
 
     def key(self, sha256: str, view: int) -> str:
         # The augmentation policy and seed only matter for augmented views.
         policy = (self.augment, self.seed) if view != PLAIN_VIEW else None
         return sha256_text(sha256, self.weights_digest, sorted(self.preprocessing.items()),
-                           policy, self.precision, self.channels_last, view)
-
-
-class FeatureCache:
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
-
-    def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def get(self, key: str) -> np.ndarray:
-        return np.load(self.path(key), allow_pickle=False)
-
-    def put(self, key: str, vector: np.ndarray) -> None:
-        def save(temporary: Path) -> None:
-            with open(temporary, "wb") as handle:
-                np.save(handle, vector.astype(np.float32), allow_pickle=False)
-
-        write_atomic(self.path(key), save)
+                           policy, self.precision, self.channels_last, view, self.code_digest)
 
 
 @dataclass
@@ -161,16 +149,6 @@ def shard_of(plan: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
     if not 0 <= index < count:
         raise ValueError(f"shard {index} of {count}: the index must be in [0, {count})")
     return plan[[int(key[:8], 16) % count == index for key in plan["key"]]]
-
-
-def load_split(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = plan[plan["split"] == split]
-    if rows.empty:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    features = torch.from_numpy(np.stack([cache.get(key) for key in rows["key"]]))
-    labels = torch.tensor([classes.index(label) for label in rows["label"]], dtype=torch.long)
-    return features, labels
 
 
 def save_plan(plan: pd.DataFrame, target: Path) -> Path:

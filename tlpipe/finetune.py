@@ -20,31 +20,14 @@ from torch import distributed, nn
 from torch.nn import functional
 from tqdm.auto import tqdm
 
-from tlpipe.augment import ImageFolderRows, eval_transform, iterate_batches, train_transform
+from tlpipe.augment import train_transform
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.fsio import write_atomic
 from tlpipe.head import TrainingHistory, class_weights
-
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-class Classifier(nn.Module):
-    """Backbone features into the head. BatchNorm layers stay in eval mode even in ``train()``."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        for module in self.backbone.modules():
-            if isinstance(module, _BATCHNORM):
-                module.eval()
-        return self
+from tlpipe.model_io import Classifier
+from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.torchrun import Rank
 
 
 def parameter_groups(model: Classifier, blocks: list[list[nn.Parameter]],
@@ -97,50 +80,23 @@ def _trainable_names(model: nn.Module) -> list[str]:
 
 
 def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int, device: torch.device,
-              shard: Shard) -> tuple[float, float]:
+              rank: Rank) -> tuple[float, float]:
     """Validation loss and accuracy; under torch.distributed each process scores its share
     and the sums are combined, so every process takes the same early-stopping decision."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.inference_mode():
-        order = shard.of(list(range(len(dataset))), pad=False)
+        order = rank.of(list(range(len(dataset))), pad=False)
         for images, labels in iterate_batches(dataset, batch_size, workers=1, order=order):
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             totals += torch.tensor([
                 functional.cross_entropy(logits, labels, reduction="sum").item(),
                 (logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
-    if shard.count > 1:
+    if rank.world_size > 1:
         distributed.all_reduce(totals)
     loss, correct, count = totals.tolist()
     return loss / max(count, 1), correct / max(count, 1)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's part of the work under torch.distributed (index 0 of 1 without it)."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def current(cls) -> Shard:
-        if distributed.is_available() and distributed.is_initialized():
-            return cls(distributed.get_rank(), distributed.get_world_size())
-        return cls()
-
-    def of(self, order: list[int], pad: bool = True) -> list[int]:
-        """Every ``count``-th item from ``index``. When ``count`` divides B, batch b of size
-        B/count on each process holds exactly the items of batch b of size B in one process
-        (otherwise nearly). With ``pad``, the
-        order is first padded to a multiple of ``count``, so every process takes the same
-        number of steps (DistributedDataParallel needs that)."""
-        if pad and len(order) % self.count:
-            order = order + order[:self.count - len(order) % self.count]
-        return order[self.index::self.count]
-
-    def batch_size(self, batch_size: int) -> int:
-        return max(1, math.ceil(batch_size / self.count))
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
@@ -151,21 +107,21 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     ``checkpoint`` must be unique to this run's inputs (the caller keys it by content), so a
     checkpoint found there always belongs to the same training run.
     """
-    shard, device = Shard.current(), _device()
-    torch.manual_seed(seed + shard.index)  # each process its own augmentation draws
+    rank, device = Rank.current(), _device()
+    torch.manual_seed(seed + rank.index)  # each process its own augmentation draws
     model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head)).to(device)
     blocks = _matching_blocks(backbone, model.backbone)
     groups = parameter_groups(model, blocks, config)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    batch_size = shard.batch_size(config.batch_size)
-    steps_per_epoch = math.ceil(len(shard.of(list(range(len(data.train_paths))))) / batch_size)
+    batch_size = rank.batch_size(config.batch_size)
+    steps_per_epoch = math.ceil(len(rank.of(list(range(len(data.train_paths))))) / batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * config.epochs, config.warmup_fraction))
     weights = class_weights(torch.tensor(data.train_labels), data.num_classes).to(device)
     # Gradients are averaged across processes after each backward pass; BatchNorm buffers
     # are frozen and equal everywhere, so they need no broadcast.
     forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
-               if shard.count > 1 else model)
+               if rank.world_size > 1 else model)
     train_set = ImageFolderRows(data.root, data.train_paths,
                                 train_transform(backbone.preprocessing, augment),
                                 labels=data.train_labels)
@@ -197,11 +153,11 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                                generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         # Inline loading: augmentation and dropout then draw from one RNG stream in one
         # order, so a run (and a resumed run) is reproducible.
-        batches = iterate_batches(train_set, batch_size, workers=0, order=shard.of(order))
+        batches = iterate_batches(train_set, batch_size, workers=0, order=rank.of(order))
         total, seen = 0.0, 0
         for images, labels in tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
                                    unit="batch", total=steps_per_epoch,
-                                   disable=shard.index > 0):
+                                   disable=rank.index > 0):
             images, labels = images.to(device), labels.to(device)
             loss = functional.cross_entropy(forward(images), labels, weight=weights)
             optimizer.zero_grad()
@@ -209,7 +165,7 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
             optimizer.step()
             scheduler.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
-        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size, device, shard)
+        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size, device, rank)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "val_accuracy": val_accuracy}
         history.record(**record)
@@ -219,7 +175,7 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         else:
             stale += 1
         epochs_run += 1
-        if shard.index == 0:
+        if rank.index == 0:
             _save_checkpoint(checkpoint, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best_model": best_state,

@@ -13,7 +13,7 @@ from math import comb
 import numpy as np
 
 from tlpipe.config import PromotionConfig
-from tlpipe.evaluate import compute_metrics
+from tlpipe.metrics import compute_metrics
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ from torch.nn import functional
 from tlpipe.config import HeadConfig
 
 
+def class_order(labels) -> list[str]:
+    """The head's output order: class names sorted, the same in every stage and model."""
+    return sorted(set(labels))
+
+
 def build_head(config: HeadConfig, in_features: int, num_classes: int) -> nn.Module:
     if config.kind == "linear":
         return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(in_features, num_classes))

@@ -1,4 +1,4 @@
-"""Saving and loading a trained classifier without pickles: safetensors weights plus JSON."""
+"""The classifier (backbone then head), saved and loaded without pickles: safetensors plus JSON."""
 
 from __future__ import annotations
 
@@ -6,15 +6,36 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tlpipe.backbones import Preprocessing, build_architecture
 from tlpipe.config import HeadConfig
-from tlpipe.finetune import Classifier
 from tlpipe.fsio import write_atomic, write_json
 from tlpipe.head import build_head
 
 WEIGHTS_FILE, SPEC_FILE = "model.safetensors", "model.json"
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class Classifier(nn.Module):
+    """Backbone features into the head. BatchNorm layers stay in eval mode even in ``train()``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, _BATCHNORM):
+                module.eval()
+        return self
 
 
 @dataclass

@@ -24,17 +24,17 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
-from tlpipe.finetune import Classifier
 from tlpipe.fsio import sha256_text
 from tlpipe.gate import Check, GateResult, Scores, apply_gate
-from tlpipe.model_io import SPEC_FILE, ModelSpec, load_classifier
+from tlpipe.manifest import manifest_fingerprint
+from tlpipe.model_io import SPEC_FILE, Classifier, ModelSpec, load_classifier
+from tlpipe.paths import data_root
 from tlpipe.registry_lock import registry_lock
-from tlpipe.tracking import KIND_TAG, finishing, start_parent_run
+from tlpipe.tracking import finishing, start_parent_run
+from tlpipe.validation import ValidationFailed, check_folder
 
-HISTORY_TAG = "tlpipe.champion_history"
-DECISION_KEY_TAG = "tlpipe.decision_key"
-VERDICT_TAG, SUMMARY_TAG, REASON_TAG = "promotion.verdict", "promotion.summary", "promotion.reason"
 PROMOTING_VERDICTS = ("promoted", "forced")
 
 
@@ -54,13 +54,8 @@ class HeldOutSplit:
 
 def current_test_split(params: Params, project_dir: Path) -> HeldOutSplit:
     """Scan and validate the data as it is now (in memory; no pipeline output is touched)."""
-    from tlpipe.manifest import build_manifest, manifest_fingerprint
-    from tlpipe.steps import data_root
-    from tlpipe.validation import ValidationFailed, validate_manifest
-
     root = data_root(params, project_dir)
-    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
-    report, kept = validate_manifest(manifest, params.validation, params.data.expected_classes)
+    report, kept = check_folder(root, params)
     if not report.passed:
         raise ValidationFailed(report)
     test = kept[kept["split"] == "test"]
@@ -190,14 +185,15 @@ def decision_key(params: Params, candidates: Candidates, split: HeldOutSplit,
 def already_decided(experiment_id: str, key: str) -> Decision | None:
     """The finished decision recorded under ``key``, if any."""
     found = MlflowClient().search_runs(
-        [experiment_id], f"tags.`{DECISION_KEY_TAG}` = '{key}' and attributes.status = "
+        [experiment_id], f"tags.`{tags.DECISION_KEY}` = '{key}' and attributes.status = "
                          "'FINISHED'", max_results=1)
     if not found:
         return None
-    tags = found[0].data.tags
-    return Decision(tags["model_name"], tags["challenger_version"],
-                    tags["champion_version"] or None, tags["verdict"], tags["reason"],
-                    tags["summary"], tags["test_fingerprint"], run_id=found[0].info.run_id,
+    recorded = found[0].data.tags
+    return Decision(recorded["model_name"], recorded["challenger_version"],
+                    recorded["champion_version"] or None, recorded["verdict"],
+                    recorded["reason"], recorded["summary"], recorded["test_fingerprint"],
+                    run_id=found[0].info.run_id,
                     reused=True)
 
 
@@ -232,7 +228,7 @@ def record_decision(params: Params, experiment_id: str, decision: Decision,
     """One MLflow run for the decision; then, on a pass, the aliases move all together."""
     client, registry = MlflowClient(), params.registry
     run_id = start_parent_run(experiment_id, f"promote v{decision.challenger}", {
-        KIND_TAG: "promotion", DECISION_KEY_TAG: key, **run_tags, **_decision_tags(decision)})
+        tags.KIND: "promotion", tags.DECISION_KEY: key, **run_tags, **_decision_tags(decision)})
     decision.run_id = run_id
     with finishing(run_id):
         _log_scores(client, run_id, params, decision, scored, split)
@@ -280,14 +276,14 @@ def _per_image_csv(split: HeldOutSplit, scored: ScoredCandidates) -> str:
 
 
 def _tag_version(client: MlflowClient, decision: Decision, run_id: str) -> None:
-    for key, value in ((VERDICT_TAG, decision.verdict), (SUMMARY_TAG, decision.summary),
-                       (REASON_TAG, decision.reason[:4000]), ("promotion.decision_run", run_id),
-                       ("promotion.compared_with", decision.champion or "none")):
+    for key, value in ((tags.VERDICT, decision.verdict), (tags.SUMMARY, decision.summary),
+                       (tags.REASON, decision.reason[:4000]), (tags.DECISION_RUN, run_id),
+                       (tags.COMPARED_WITH, decision.champion or "none")):
         client.set_model_version_tag(decision.model_name, decision.challenger, key, value)
 
 
 def champion_history(client: MlflowClient, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    return json.loads(client.get_registered_model(name).tags.get(tags.CHAMPION_HISTORY, "[]"))
 
 
 def _make_champion(client: MlflowClient, registry: RegistryConfig, version: str) -> None:
@@ -298,7 +294,7 @@ def _make_champion(client: MlflowClient, registry: RegistryConfig, version: str)
         if not history or history[-1] != current:  # aliases were moved by hand meanwhile
             history.append(current)
         client.set_registered_model_alias(name, registry.previous_alias, current)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, json.dumps([*history, version]))
     client.set_registered_model_alias(name, registry.champion_alias, version)
 
 
@@ -307,9 +303,9 @@ def _all_or_nothing(client: MlflowClient, name: str, versions: list[str]) -> Ite
     """Put the aliases, the history tag and the versions' promotion tags back as they were
     if the block fails part-way (say the registry stops answering between two calls)."""
     model = client.get_registered_model(name)
-    aliases, history = dict(model.aliases), model.tags.get(HISTORY_TAG)
+    aliases, history = dict(model.aliases), model.tags.get(tags.CHAMPION_HISTORY)
     version_tags = {v: {k: t for k, t in client.get_model_version(name, v).tags.items()
-                        if k.startswith("promotion.")} for v in versions}
+                        if k.startswith(tags.PROMOTION_PREFIX)} for v in versions}
     try:
         yield
     except BaseException:
@@ -327,14 +323,15 @@ def _restore(client: MlflowClient, name: str, aliases: dict[str, str], history: 
     undo += [lambda alias=alias, version=version: client.set_registered_model_alias(
         name, alias, version) for alias, version in aliases.items()
         if current.get(alias) != str(version)]
-    undo.append(lambda: client.delete_registered_model_tag(name, HISTORY_TAG) if history is None
-                else client.set_registered_model_tag(name, HISTORY_TAG, history))
-    for version, tags in version_tags.items():
+    undo.append(lambda: client.delete_registered_model_tag(name, tags.CHAMPION_HISTORY)
+                if history is None
+                else client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, history))
+    for version, kept in version_tags.items():
         now = client.get_model_version(name, version).tags
         undo += [lambda v=version, k=key: client.delete_model_version_tag(name, v, k)
-                 for key in now if key.startswith("promotion.") and key not in tags]
+                 for key in now if key.startswith(tags.PROMOTION_PREFIX) and key not in kept]
         undo += [lambda v=version, k=key, t=value: client.set_model_version_tag(name, v, k, t)
-                 for key, value in tags.items() if now.get(key) != value]
+                 for key, value in kept.items() if now.get(key) != value]
     for step in undo:
         with contextlib.suppress(MlflowException):
             step()
@@ -366,13 +363,13 @@ def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[st
     decision = Decision(name, target, current, "rollback",
                         f"rollback from v{current} to v{target}: {reason}", f"rollback: {reason}")
     run_id = start_parent_run(experiment_id, f"rollback to v{target}", {
-        KIND_TAG: "promotion", **run_tags, **_decision_tags(decision)})
+        tags.KIND: "promotion", **run_tags, **_decision_tags(decision)})
     decision.run_id = run_id
     with finishing(run_id), _all_or_nothing(client, name, [v for v in (current, target) if v]):
         if current is not None:
-            client.set_model_version_tag(name, current, "promotion.rolled_back_by", run_id)
-        client.set_model_version_tag(name, target, "promotion.restored_by", run_id)
-        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(earlier))
+            client.set_model_version_tag(name, current, tags.ROLLED_BACK_BY, run_id)
+        client.set_model_version_tag(name, target, tags.RESTORED_BY, run_id)
+        client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, json.dumps(earlier))
         client.set_registered_model_alias(name, registry.champion_alias, target)
         if len(earlier) > 1:
             client.set_registered_model_alias(name, registry.previous_alias, earlier[-2])
@@ -394,18 +391,19 @@ def version_rows(registry: RegistryConfig) -> list[dict[str, str]]:
             aliases.setdefault(str(version), []).append(alias)
     rows = []
     for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        tags = version.tags
-        verdict = tags.get(VERDICT_TAG, "-")
-        if "promotion.rolled_back_by" in tags:
+        version_tags = version.tags
+        verdict = version_tags.get(tags.VERDICT, "-")
+        if tags.ROLLED_BACK_BY in version_tags:
             verdict += " (rolled back)"
         rows.append({
             "version": str(version.version),
             "aliases": ", ".join(sorted(aliases.get(str(version.version), []))) or "-",
-            "accuracy": tags.get("test_accuracy", "-"),
-            "macro_f1": tags.get("test_macro_f1", "-"),
-            "data": tags.get("data_dvc_md5", tags.get("data_fingerprint", "-"))[:12],
-            "commit": tags.get("git_commit", "-")[:8],
+            "accuracy": version_tags.get("test_accuracy", "-"),
+            "macro_f1": version_tags.get("test_macro_f1", "-"),
+            "data": version_tags.get(tags.DATA_DVC_MD5,
+                                     version_tags.get(tags.DATA_FINGERPRINT, "-"))[:12],
+            "commit": version_tags.get(tags.GIT_COMMIT, "-")[:8],
             "verdict": verdict,
-            "decision": tags.get(SUMMARY_TAG, ""),
+            "decision": version_tags.get(tags.SUMMARY, ""),
         })
     return rows

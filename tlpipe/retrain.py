@@ -16,12 +16,11 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.data_version import DataVersion, pointer_md5, record_data_version
+from tlpipe.paths import data_root
 from tlpipe.promotion import PROMOTING_VERDICTS, alias_version
-from tlpipe.steps import data_root
-
-DATA_TAG = "data_dvc_md5"
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,8 @@ def current_data_version(params: Params, project: Path) -> DataVersion:
 
 
 def _trained_on(version) -> TrainedOn:
-    return TrainedOn(str(version.version), version.tags.get(DATA_TAG, "unknown"),
-                     version.tags.get("promotion.verdict"))
+    return TrainedOn(str(version.version), version.tags.get(tags.DATA_DVC_MD5, "unknown"),
+                     version.tags.get(tags.VERDICT))
 
 
 def registered_state(registry: RegistryConfig) -> tuple[TrainedOn | None, TrainedOn | None]:

@@ -26,8 +26,8 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from tlpipe.augment import eval_transform
         from tlpipe.model_io import load_classifier
+        from tlpipe.preprocess import eval_transform
 
         self.model, self.spec = load_classifier(Path(context.artifacts["model_dir"]))
         self.transform = eval_transform(self.spec.preprocessing_config)

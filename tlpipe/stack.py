@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from tlpipe.commands import python_tool, run_command
 from tlpipe.runtime import runtime_defaults
 
 STACK_DIR = ".stack"
@@ -140,16 +140,7 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None,
          cwd: Path | None = None) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd,
-                            env=_environment(env))
-    if result.returncode != 0:
-        raise StackError(f"{what} failed (`{' '.join(command)}`):\n"
-                         f"{(result.stderr or result.stdout).strip()[-2000:]}")
-    return result.stdout
-
-
-def _python_tool(module: str) -> list[str]:
-    return [sys.executable, "-m", module]
+    return run_command(command, what, StackError, cwd, _environment(env))
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------
@@ -232,7 +223,7 @@ def up(project: Path, ports: Ports | None = None, host: str = "127.0.0.1",
         start_postgres(root / "postgres", ports.postgres, host)
         database = f"postgresql+psycopg2://postgres@{host}:{ports.postgres}/mlflow"
         state.pids["mlflow"] = start_process("mlflow", [
-            *_python_tool("mlflow"), "server", "--backend-store-uri", database,
+            *python_tool("mlflow"), "server", "--backend-store-uri", database,
             "--artifacts-destination", str(root / "mlflow-artifacts"), "--serve-artifacts",
             "--host", host, "--port", str(ports.mlflow), "--workers", "1"], logs)
         _save_state(project, state)
@@ -244,7 +235,7 @@ def up(project: Path, ports: Ports | None = None, host: str = "127.0.0.1",
         wait_healthy(f"{state.mlflow_uri}/health", state.pids["mlflow"], logs / "mlflow.log")
         wait_healthy(f"{state.prefect_api}/health", state.pids["prefect-server"],
                      logs / "prefect-server.log")
-        _run([*_python_tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process",
+        _run([*python_tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process",
               "--overwrite"], f"creating work pool {WORK_POOL!r}", state.environment())
         if worker:
             state.pids["worker"] = start_worker(project, state)
@@ -262,7 +253,7 @@ def start_worker(project: Path, state: StackState) -> int:
     the flow runs it starts log to the MLflow server, and the project's quiet defaults."""
     defaults = {key: value for key, value in runtime_defaults(project).items()
                 if key not in os.environ}
-    return start_process("worker", [*_python_tool("prefect"), "worker", "start", "--pool",
+    return start_process("worker", [*python_tool("prefect"), "worker", "start", "--pool",
                                     WORK_POOL, "--type", "process"],
                          stack_dir(project) / "logs", {**defaults, **state.environment()},
                          cwd=project)
@@ -274,7 +265,7 @@ def add_dvc_remote(project: Path, directory: Path) -> None:
     if not (project / ".dvc").is_dir():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    _run([*_python_tool("dvc"), "remote", "add", "--local", "--default", "--force",
+    _run([*python_tool("dvc"), "remote", "add", "--local", "--default", "--force",
           DVC_REMOTE, str(directory)], "adding the DVC remote", cwd=project)
 
 
@@ -313,7 +304,7 @@ def status(project: Path) -> dict[str, bool]:
 
 
 def start_prefect_server(home: Path, logs: Path, host: str, port: int) -> int:
-    return start_process("prefect-server", [*_python_tool("prefect"), "server", "start",
+    return start_process("prefect-server", [*python_tool("prefect"), "server", "start",
                                             "--host", host, "--port", str(port)],
                          logs, {"PREFECT_HOME": str(home), "PREFECT_API_URL": None})
 

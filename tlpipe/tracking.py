@@ -8,10 +8,8 @@ reuses its run instead of adding a duplicate.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
-import subprocess
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +18,11 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
+from tlpipe import tags
 from tlpipe.config import TrackingConfig
-from tlpipe.data_version import pointer_md5
 
-STAGE_TAG, KIND_TAG, PID_TAG, HOST_TAG = "tlpipe.stage", "tlpipe.kind", "tlpipe.pid", "tlpipe.host"
-SESSION_TAG = "tlpipe.session"
-PARENT_TAG = "mlflow.parentRunId"
 # mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment, so the user's
 # own setting must be read before tlpipe sets anything.
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -60,19 +56,6 @@ def configure(tracking: TrackingConfig, project_dir: Path) -> str:
     return client.create_experiment(tracking.experiment, artifact_location=location)
 
 
-def git_state(project_dir: Path) -> dict[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True,
-                              check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
-    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
-
-
 @dataclass(frozen=True)
 class RunContext:
     """What a stage needs to attach its child run: plain strings, safe to hand to any task."""
@@ -82,10 +65,11 @@ class RunContext:
     tracking_uri: str
 
 
-def start_parent_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+def start_parent_run(experiment_id: str, run_name: str, run_tags: dict[str, str]) -> str:
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=run_name, tags={
-        KIND_TAG: "pipeline", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **tags,
+        tags.KIND: "pipeline", tags.PID: str(os.getpid()), tags.HOST: socket.gethostname(),
+        **run_tags,
     })
     return run.info.run_id
 
@@ -96,7 +80,7 @@ def finish_run(run_id: str, error: BaseException | None = None) -> None:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         return
     reason = "".join(traceback.format_exception_only(type(error), error)).strip()
-    client.set_tag(run_id, "failure_reason", reason[:4000])
+    client.set_tag(run_id, tags.FAILURE_REASON, reason[:4000])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -119,12 +103,13 @@ def mark_abandoned_runs(experiment_id: str) -> list[str]:
     """
     client, host, marked = MlflowClient(), socket.gethostname(), []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+        run_tags = run.data.tags
+        if run_tags.get(tags.HOST) != host or not run_tags.get(tags.PID, "").isdigit():
             continue
-        if not process_alive(int(tags[PID_TAG])):
-            client.set_tag(run.info.run_id, "failure_reason",
-                           f"process {tags[PID_TAG]} ended without finishing the run (killed)")
+        if not process_alive(int(run_tags[tags.PID])):
+            client.set_tag(run.info.run_id, tags.FAILURE_REASON,
+                           f"process {run_tags[tags.PID]} ended without finishing the run "
+                           "(killed)")
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
             marked.append(run.info.run_id)
     return marked
@@ -146,15 +131,15 @@ def child_run_id(context: RunContext, stage: str) -> str:
     client = MlflowClient()
     existing = client.search_runs(
         [context.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{context.parent_run_id}' "
-                      f"and tags.`{STAGE_TAG}` = '{stage}'",
+        filter_string=f"tags.`{tags.PARENT_RUN}` = '{context.parent_run_id}' "
+                      f"and tags.`{tags.STAGE}` = '{stage}'",
         max_results=1,
     )
     if existing:
         client.update_run(existing[0].info.run_id, status="RUNNING")
         return existing[0].info.run_id
     run = client.create_run(context.experiment_id, run_name=stage, tags={
-        PARENT_TAG: context.parent_run_id, STAGE_TAG: stage, KIND_TAG: "stage",
+        tags.PARENT_RUN: context.parent_run_id, tags.STAGE: stage, tags.KIND: "stage",
     })
     return run.info.run_id
 
@@ -171,39 +156,47 @@ def stage_run(context: RunContext, stage: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def pipeline_run(tracking: TrackingConfig, project_dir: Path, run_name: str,
-                 tags: dict[str, str]) -> Iterator[RunContext]:
+                 run_tags: dict[str, str]) -> Iterator[RunContext]:
     """One parent run for a whole pipeline run: FINISHED on success, FAILED with the reason
     on any error, including KeyboardInterrupt and SystemExit from a termination signal."""
     experiment_id = configure(tracking, project_dir)
     mark_abandoned_runs(experiment_id)
-    parent = start_parent_run(experiment_id, run_name, tags)
+    parent = start_parent_run(experiment_id, run_name, run_tags)
     with finishing(parent):
         yield RunContext(experiment_id, parent, mlflow.get_tracking_uri())
 
 
-def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
-    """Where a run came from: the git commit, the DVC version of its data, the dvc.lock hash."""
-    tags = git_state(project_dir)
-    pointer = Path(f"{data_root}.dvc")
-    tags["data_dvc_md5"] = (pointer_md5(pointer) or "unknown") if pointer.is_file() else "untracked"
-    lock = project_dir / "dvc.lock"
-    tags["dvc_lock_sha256"] = (hashlib.sha256(lock.read_bytes()).hexdigest()
-                               if lock.is_file() else "none")
-    return tags
-
-
-
 def session_run(tracking: TrackingConfig, project_dir: Path, session: str,
-                tags: dict[str, str]) -> RunContext:
+                run_tags: dict[str, str]) -> RunContext:
     """The parent run shared by every stage of one session (one ``dvc repro``), reopened."""
     experiment_id = configure(tracking, project_dir)
     client = MlflowClient()
-    found = client.search_runs([experiment_id], f"tags.`{SESSION_TAG}` = '{session}'",
+    found = client.search_runs([experiment_id], f"tags.`{tags.SESSION}` = '{session}'",
                                max_results=1)
     if found:
         parent = found[0].info.run_id
         client.update_run(parent, status="RUNNING")
     else:
         mark_abandoned_runs(experiment_id)
-        parent = start_parent_run(experiment_id, "dvc repro", {**tags, SESSION_TAG: session})
+        parent = start_parent_run(experiment_id, "dvc repro", {**run_tags, tags.SESSION: session})
     return RunContext(experiment_id, parent, mlflow.get_tracking_uri())
+
+
+# --- what stages record in their child runs -------------------------------------------------
+
+def flat_params(prefix: str, section: BaseModel) -> dict[str, str]:
+    return {f"{prefix}.{key}": str(value) for key, value in section.model_dump(mode="json").items()}
+
+
+def log_to_run_and_parent(context: RunContext, path: str | Path, folder: str | None = None
+                          ) -> None:
+    """Artifacts people look for first also go on the parent run, beside the headline metrics."""
+    mlflow.log_artifact(str(path), folder)
+    MlflowClient().log_artifact(context.parent_run_id, str(path), folder)
+
+
+def log_history(history: list[dict], prefix: str) -> None:
+    """Per-epoch records as metrics with the epoch as step: ``head_val_loss`` at step 3."""
+    for record in history:
+        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in record.items() if k != "epoch"},
+                           step=record["epoch"])

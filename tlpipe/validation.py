@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from tlpipe.config import ValidationConfig
+from tlpipe.config import Params, ValidationConfig
+from tlpipe.manifest import build_manifest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -203,3 +205,10 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     passed = all(o.passed or o.action == "quarantine" for o in outcomes)
     report = ValidationReport(passed, len(manifest), len(kept), outcomes)
     return report, kept
+
+
+def check_folder(root: Path, params: Params) -> tuple[ValidationReport, pd.DataFrame]:
+    """The gate on a data folder as it is now, in memory: scan it, then validate the scan.
+    Returns the report and the rows kept; nothing is written."""
+    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
+    return validate_manifest(manifest, params.validation, params.data.expected_classes)

@@ -1,0 +1,48 @@
+"""Where the pipeline reads and writes: the project's data folder and every stage's outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlpipe.config import Params
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where every stage writes; the same paths are the DVC stages' outs."""
+
+    root: Path
+
+    manifest = property(lambda self: self.root / "manifest.parquet")
+    validated = property(lambda self: self.root / "validation" / "validated.parquet")
+    report_md = property(lambda self: self.root / "validation" / "report.md")
+    report_json = property(lambda self: self.root / "validation" / "report.json")
+    preview = property(lambda self: self.root / "augment" / "preview.png")
+    plan = property(lambda self: self.root / "features" / "plan.parquet")
+    head_weights = property(lambda self: self.root / "head" / "head.safetensors")
+    head_history = property(lambda self: self.root / "head" / "history.json")
+    model_dir = property(lambda self: self.root / "model")
+    finetune_history = property(lambda self: self.root / "finetune" / "history.json")
+    metrics = property(lambda self: self.root / "evaluate" / "metrics.json")
+    confusion_png = property(lambda self: self.root / "evaluate" / "confusion_matrix.png")
+    curves_png = property(lambda self: self.root / "evaluate" / "learning_curves.png")
+    model_card = property(lambda self: self.root / "evaluate" / "model_card.md")
+    predictions_json = property(lambda self: self.root / "evaluate" / "predictions.json")
+
+    def curves_json(self, stage: str) -> Path:
+        """Plot data for `dvc plots`: one record per epoch of ``stage``."""
+        return self.root / "evaluate" / f"curves_{stage}.json"
+
+
+def resolve(project_dir: Path, path: Path) -> Path:
+    """Settings name paths relative to the project folder."""
+    return path if path.is_absolute() else project_dir / path
+
+
+def outputs_for(params: Params, project_dir: Path) -> Outputs:
+    return Outputs(resolve(project_dir, params.outputs_dir))
+
+
+def data_root(params: Params, project_dir: Path) -> Path:
+    return resolve(project_dir, params.data.root)

@@ -1,0 +1,110 @@
+"""What the backbone sees: its own preprocessing, and images loaded by path in batches.
+
+Evaluation, feature extraction, fine-tuning and serving all read images through here; the
+training augmentation policy is in ``tlpipe.augment``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode, v2
+
+from tlpipe.backbones import Preprocessing
+from tlpipe.images import load_rgb
+
+
+def interpolation(preprocessing: Preprocessing) -> InterpolationMode:
+    return InterpolationMode(preprocessing.interpolation)
+
+
+def to_normalised(preprocessing: Preprocessing) -> list:
+    return [v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
+
+
+def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """Exactly what the backbone saw in pretraining: resize, centre crop, normalise."""
+    # Resizing the PIL image (before ToImage) uses Pillow's SIMD resampling: several times
+    # cheaper than resizing the tensor, which matters when decoding shares 2 cores with the model.
+    return v2.Compose([
+        v2.Resize(preprocessing.resize_size, interpolation=interpolation(preprocessing),
+                  antialias=True),
+        v2.CenterCrop(preprocessing.input_size),
+        v2.ToImage(),
+        *to_normalised(preprocessing),
+    ])
+
+
+# torch's RNG is process-wide: seeded transforms in loader threads must take turns.
+_SEEDED_TRANSFORM = threading.Lock()
+
+
+class ImageFolderRows(Dataset):
+    """Images listed by path, each optionally transformed under its own fixed seed."""
+
+    def __init__(self, root: Path, paths: list[str], transform: v2.Compose,
+                 seeds: list[int | None] | None = None, labels: list[int] | None = None):
+        self.root, self.paths, self.transform = Path(root), paths, transform
+        self.seeds = seeds or [None] * len(paths)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_rgb(self.root / self.paths[index])
+        seed = self.seeds[index]
+        if seed is None:
+            tensor = self.transform(image)
+        else:
+            # A private RNG stream per item keeps cached views reproducible whatever the
+            # batching or worker count, without disturbing the caller's RNG.
+            with _SEEDED_TRANSFORM, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(image)
+        return tensor, (self.labels[index] if self.labels is not None else index)
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
+                    order: Sequence[int] | None = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use.
+
+    Threads, not DataLoader worker processes: decoding and resizing release the GIL, and
+    forked workers die inside Prefect's process. With ``workers=0`` everything runs inline,
+    which keeps the caller's RNG use (dropout) deterministic.
+    """
+    order = list(range(len(dataset))) if order is None else list(order)
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def load(chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in chunk]
+        return (torch.stack([image for image, _ in items]),
+                torch.tensor([target for _, target in items]))
+
+    if workers == 0:
+        yield from map(load, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(load, chunk))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def denormalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    mean = torch.tensor(preprocessing.mean).view(-1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(-1, 3, 1, 1)
+    return (batch * std + mean).clamp(0, 1)
+
+

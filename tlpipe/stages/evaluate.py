@@ -1,0 +1,68 @@
+"""evaluate: the model on the held-out test split: metrics, confusion matrix, learning curves.
+
+The test split is scored here and nowhere earlier, so nothing upstream can be tuned on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from tlpipe.config import Params
+from tlpipe.evaluate import plot_confusion_matrix, plot_learning_curves, predict_probabilities
+from tlpipe.fsio import write_json
+from tlpipe.manifest import load_manifest
+from tlpipe.metrics import compute_metrics, flat_metrics
+from tlpipe.model_io import load_classifier
+from tlpipe.paths import data_root, outputs_for
+from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
+
+STAGE = __name__.rpartition(".")[2]
+
+
+def compute(params: Params, project: Path) -> dict:
+    out = outputs_for(params, project)
+    test = load_manifest(out.validated).query("split == 'test'")
+    if test.empty:
+        raise ValueError("split.test_fraction: the test split is empty; raise it or add images")
+    model, spec = load_classifier(out.model_dir)
+    probabilities = predict_probabilities(model, data_root(params, project),
+                                          test["path"].tolist(), spec.preprocessing_config,
+                                          params.evaluation.batch_size)
+    y_true = np.array([spec.classes.index(label) for label in test["label"]])
+    metrics = compute_metrics(y_true, probabilities, spec.classes,
+                              params.evaluation.calibration_bins)
+    write_json(out.metrics, metrics)
+    plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
+    histories = {stage: json.loads(path.read_text())["epochs"]
+                 for stage, path in (("head", out.head_history),
+                                     ("finetune", out.finetune_history)) if path.is_file()}
+    plot_learning_curves(histories, out.curves_png)
+    for stage in ("head", "finetune"):
+        write_json(out.curves_json(stage), histories.get(stage, []))
+    predicted = probabilities.argmax(axis=1)
+    write_json(out.predictions_json, [
+        {"path": path, "actual": spec.classes[truth], "predicted": spec.classes[guess]}
+        for path, truth, guess in zip(test["path"], y_true, predicted, strict=True)])
+    return {"metrics": str(out.metrics), "confusion_matrix": str(out.confusion_png),
+            "learning_curves": str(out.curves_png), **{k: metrics[k] for k in
+                                                        ("accuracy", "macro_f1", "ece")}}
+
+
+def run(context: RunContext, params: Params, project: Path) -> dict:
+    with stage_run(context, STAGE):
+        result = compute(params, project)
+        headline = flat_metrics(json.loads(Path(result["metrics"]).read_text()))
+        mlflow.log_metrics(headline)
+        client = MlflowClient()
+        for name, value in headline.items():
+            client.log_metric(context.parent_run_id, name, value)
+        for key in ("metrics", "confusion_matrix", "learning_curves"):
+            log_to_run_and_parent(context, result[key], "evaluation")
+        print(f"test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+              f"ECE {result['ece']:.4f}")
+        return {**result, "headline": headline}

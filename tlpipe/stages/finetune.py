@@ -1,0 +1,118 @@
+"""finetune: the backbone with its trained head, top blocks unfrozen, early stopping.
+
+With ``finetune.epochs: 0`` the head on the frozen backbone is the model. With
+``finetune.processes`` above 1 the same fine-tuning runs under torchrun, each process a share
+of every batch. A checkpoint per epoch, keyed by every input, lets a killed run resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+from safetensors.torch import load_file
+
+from tlpipe.backbones import Backbone, backbone_for
+from tlpipe.config import Params
+from tlpipe.finetune import FinetuneData, finetune
+from tlpipe.fsio import file_sha256, sha256_text, write_json
+from tlpipe.head import build_head, class_order
+from tlpipe.manifest import load_manifest, manifest_fingerprint
+from tlpipe.model_io import Classifier, ModelSpec, save_classifier
+from tlpipe.paths import data_root, outputs_for, resolve
+from tlpipe.torchrun import DistributedError, Rank, launch
+from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
+
+STAGE = __name__.rpartition(".")[2]
+EpochCallback = Callable[[int, dict], None]
+
+
+def checkpoint_path(params: Params, project: Path, head_sha256: str, data_fingerprint: str,
+                    weights_digest: str) -> Path:
+    """Checkpoints are keyed by every input of fine-tuning: a key match means the same run."""
+    key = sha256_text(head_sha256, data_fingerprint, weights_digest, params.seed,
+                      params.section_digest("finetune", "augment"))
+    return resolve(project, params.finetune.checkpoint_dir) / key[:16] / "last.pt"
+
+
+def _model_spec(params: Params, backbone: Backbone, classes: list[str]) -> ModelSpec:
+    return ModelSpec(backbone=backbone.name, num_features=backbone.num_features, classes=classes,
+                     head=params.head.model_dump(mode="json"),
+                     preprocessing=backbone.preprocessing.to_dict())
+
+
+def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = None) -> dict:
+    out = outputs_for(params, project)
+    validated = load_manifest(out.validated)
+    classes = class_order(validated["label"])
+    backbone = backbone_for(params.backbone, project)
+    head = build_head(params.head, backbone.num_features, len(classes))
+    head.load_state_dict(load_file(str(out.head_weights)))
+    spec = _model_spec(params, backbone, classes)
+    if params.finetune.epochs == 0:
+        save_classifier(Classifier(backbone.model, head).eval(), spec, out.model_dir)
+        write_json(out.finetune_history, {"epochs": [], "best_epoch": -1, "skipped": True})
+        return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
+                "history": []}
+
+    rank = Rank.current()
+    if params.finetune.processes > 1 and rank.world_size == 1:
+        return _under_torchrun(params, project, on_epoch_end)
+
+    def rows(split: str) -> tuple[list[str], list[int]]:
+        part = validated[validated["split"] == split]
+        return part["path"].tolist(), [classes.index(label) for label in part["label"]]
+
+    train_paths, train_labels = rows("train")
+    val_paths, val_labels = rows("val")
+    data = FinetuneData(data_root(params, project), train_paths, train_labels, val_paths,
+                        val_labels, len(classes))
+    checkpoint = checkpoint_path(params, project, file_sha256(out.head_weights),
+                                 manifest_fingerprint(validated), backbone.weights_digest)
+    result = finetune(backbone, head, data, params.finetune, params.augment, params.seed,
+                      checkpoint, on_epoch_end)
+    if rank.index > 0:
+        return {}  # under torchrun the first process writes the outputs
+    save_classifier(result.model, spec, out.model_dir)
+    write_json(out.finetune_history, {"epochs": result.history.epochs,
+                                      "best_epoch": result.history.best_epoch})
+    return {"model_dir": str(out.model_dir), "epochs_run": result.epochs_run,
+            "resumed_from_epoch": result.resumed_from_epoch, "checkpoint": str(checkpoint),
+            "history": result.history.epochs}
+
+
+def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback | None) -> dict:
+    """``compute`` in ``finetune.processes`` processes; the per-epoch records are replayed
+    through ``on_epoch_end`` afterwards (they happened in other processes)."""
+    payload = {"params": params.model_dump(mode="json"), "project": str(project.resolve())}
+    try:
+        outcome = launch(f"{__name__}:{in_each_process.__name__}", payload,
+                         params.finetune.processes, params.finetune.backend)
+    except DistributedError as error:
+        raise DistributedError(f"finetune.processes={params.finetune.processes}, "
+                               f"finetune.backend={params.finetune.backend}: {error}") from None
+    if on_epoch_end is not None:
+        for record in outcome["history"]:
+            on_epoch_end(record["epoch"], record)
+    return outcome
+
+
+def in_each_process(payload: dict) -> dict:
+    """What each torchrun process runs: its share of the same fine-tuning."""
+    return compute(Params.model_validate(payload["params"]), Path(payload["project"]))
+
+
+def run(context: RunContext, params: Params, project: Path) -> dict:
+    with stage_run(context, STAGE):
+        mlflow.log_params(flat_params("finetune", params.finetune))
+        result = compute(params, project,
+                         on_epoch_end=lambda epoch, record: log_history([record], "finetune"))
+        if result["resumed_from_epoch"] is not None:
+            mlflow.set_tag("resumed_from_epoch", result["resumed_from_epoch"])
+            done = result["resumed_from_epoch"] + 1
+            print(f"finetune: reused the finished run in {result['checkpoint']}"
+                  if result["epochs_run"] == 0 else
+                  f"finetune: resumed after epoch {done} from {result['checkpoint']}")
+        mlflow.log_metric("epochs_run", result["epochs_run"])
+        return {k: v for k, v in result.items() if k != "history"}

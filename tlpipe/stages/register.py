@@ -1,0 +1,79 @@
+"""register: the trained model as a new MLflow model version with the alias ``registry.alias``.
+
+The version carries the pipeline run's lineage (git commit, data version, params hash,
+backbone) and headline test metrics, read from the parent run that the earlier stages tagged.
+Registration stays with the flow: a DVC stage would register a version on every repro.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tlpipe import tags
+from tlpipe.config import Params
+from tlpipe.fsio import write_text
+from tlpipe.manifest import load_manifest
+from tlpipe.paths import data_root, outputs_for
+from tlpipe.registry import log_and_register
+from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
+
+STAGE = __name__.rpartition(".")[2]
+HEADLINE = ("test_accuracy", "test_macro_f1", "test_ece")
+
+
+def pipeline_facts(context: RunContext) -> dict[str, str | float]:
+    """What the pipeline run learned about itself: its lineage tags and headline metrics."""
+    parent = MlflowClient().get_run(context.parent_run_id).data
+    return {**{key: parent.tags[key] for key in tags.LINEAGE if key in parent.tags},
+            **{key: round(parent.metrics[key], 6) for key in HEADLINE if key in parent.metrics}}
+
+
+def write_model_card(params: Params, project: Path, facts: dict) -> Path:
+    out = outputs_for(params, project)
+    metrics = json.loads(out.metrics.read_text())
+    per_class = "\n".join(
+        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for name, v in metrics["per_class"].items())
+    card = f"""# Model card: {params.registry.model_name}
+
+- Backbone: {params.backbone.name} (weights digest {facts.get(tags.WEIGHTS_DIGEST, '?')[:16]})
+- Classes: {', '.join(metrics['classes'])}
+- Data version (manifest fingerprint): {facts.get(tags.DATA_FINGERPRINT, '?')}
+- Params hash: {params.digest()[:16]}; git commit: {facts.get(tags.GIT_COMMIT, '?')}
+- Training: head ({params.head.kind}) on cached features, then fine-tuning of the top
+  {params.finetune.unfreeze_blocks} blocks for up to {params.finetune.epochs} epochs.
+
+## Test split ({metrics['n_test']} images, never used to choose anything)
+accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f},
+expected calibration error {metrics['ece']:.4f}
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+## Intended use and limits
+Classifies photos into the classes above. Inputs outside those classes still get one of
+them; check `probability` before acting on a prediction.
+"""
+    return write_text(out.model_card, card)
+
+
+def run(context: RunContext, params: Params, project: Path) -> dict:
+    out = outputs_for(params, project)
+    with stage_run(context, STAGE):
+        facts = pipeline_facts(context)
+        log_to_run_and_parent(context, write_model_card(params, project, facts))
+        test = load_manifest(out.validated).query("split == 'test'")
+        version = log_and_register(
+            out.model_dir, params.registry.model_name, params.registry.alias,
+            data_root(params, project) / test["path"].iloc[0],
+            {**facts, tags.PIPELINE_RUN_ID: context.parent_run_id},
+        )
+        MlflowClient().set_tag(context.parent_run_id, tags.MODEL_VERSION, version.version)
+        print(f"registered {params.registry.model_name} version {version.version} "
+              f"as @{params.registry.alias}")
+        return {"name": params.registry.model_name, "version": version.version,
+                "alias": params.registry.alias, "source": version.source}

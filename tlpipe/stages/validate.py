@@ -1,0 +1,59 @@
+"""validate: the Great Expectations gate over the manifest; a failure stops the pipeline.
+
+Writes the report (markdown and JSON) either way, and the rows kept for training only on a
+pass, so no stale "validated" set survives a failed run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tlpipe import tags
+from tlpipe.config import Params
+from tlpipe.fsio import write_json, write_text
+from tlpipe.manifest import load_manifest, manifest_fingerprint, save_manifest
+from tlpipe.paths import outputs_for
+from tlpipe.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
+from tlpipe.validation import ValidationFailed, validate_manifest
+
+STAGE = __name__.rpartition(".")[2]
+
+
+def compute(params: Params, project: Path) -> dict:
+    """Run the gate; write the report and the kept rows. Raises ValidationFailed on failure."""
+    out = outputs_for(params, project)
+    report, kept = validate_manifest(load_manifest(out.manifest), params.validation,
+                                     params.data.expected_classes)
+    write_text(out.report_md, report.to_markdown())
+    write_json(out.report_json, report.to_dict())
+    if not report.passed:
+        out.validated.unlink(missing_ok=True)
+        raise ValidationFailed(report)
+    save_manifest(kept, out.validated)
+    return {"validated": str(out.validated), "fingerprint": manifest_fingerprint(kept),
+            "kept": report.kept_files, "quarantined": len(report.quarantined),
+            "report": str(out.report_md)}
+
+
+def run(context: RunContext, params: Params, project: Path) -> dict:
+    out = outputs_for(params, project)
+    with stage_run(context, STAGE):
+        mlflow.log_params(flat_params("validation", params.validation))
+        try:
+            result = compute(params, project)
+        except ValidationFailed as failure:
+            for report in (out.report_md, out.report_json):
+                log_to_run_and_parent(context, report, "validation")
+            print(failure.report.to_markdown())
+            raise
+        for report in (out.report_md, out.report_json):
+            log_to_run_and_parent(context, report, "validation")
+        mlflow.log_artifact(result["validated"], "validation")
+        mlflow.log_metrics({"kept_files": result["kept"], "quarantined": result["quarantined"]})
+        MlflowClient().set_tag(context.parent_run_id, tags.DATA_FINGERPRINT,
+                               result["fingerprint"])
+        print(out.report_md.read_text())
+        return result

@@ -1,0 +1,33 @@
+"""The names of the tags tlpipe puts on MLflow runs and model versions, in one place.
+
+Lineage tags go on pipeline runs and on the model versions they register; promotion tags on
+the versions a decision was about; the ``tlpipe.*`` tags are tlpipe's own bookkeeping.
+"""
+
+# Lineage: where a run or model version came from.
+GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
+DATA_DVC_MD5 = "data_dvc_md5"            # DVC's hash of the data folder: the data version
+DATA_FINGERPRINT = "data_fingerprint"    # hash of the validated manifest
+DVC_LOCK_SHA256 = "dvc_lock_sha256"
+PARAMS_HASH = "params_hash"
+BACKBONE, WEIGHTS_DIGEST = "backbone", "weights_digest"
+TRIGGER = "trigger"                      # flow | dvc
+PREFECT_FLOW_RUN_ID = "prefect_flow_run_id"
+PIPELINE_RUN_ID = "pipeline_run_id"      # on a model version: the run that trained it
+MODEL_VERSION = "model_version"          # on a pipeline run: the version it registered
+FAILURE_REASON = "failure_reason"
+# Carried by a pipeline run and handed on to the model version it registers.
+LINEAGE = (GIT_COMMIT, GIT_DIRTY, DATA_DVC_MD5, DATA_FINGERPRINT, DVC_LOCK_SHA256, PARAMS_HASH,
+           BACKBONE, WEIGHTS_DIGEST, TRIGGER, PREFECT_FLOW_RUN_ID)
+
+# Promotion decisions, on the model versions involved.
+PROMOTION_PREFIX = "promotion."
+VERDICT, SUMMARY, REASON = "promotion.verdict", "promotion.summary", "promotion.reason"
+DECISION_RUN, COMPARED_WITH = "promotion.decision_run", "promotion.compared_with"
+ROLLED_BACK_BY, RESTORED_BY = "promotion.rolled_back_by", "promotion.restored_by"
+
+# tlpipe's bookkeeping on runs and on the registered model.
+KIND, STAGE, PID, HOST, SESSION = ("tlpipe.kind", "tlpipe.stage", "tlpipe.pid", "tlpipe.host",
+                                   "tlpipe.session")
+CHAMPION_HISTORY, DECISION_KEY = "tlpipe.champion_history", "tlpipe.decision_key"
+PARENT_RUN = "mlflow.parentRunId"        # MLflow's own: how the UI nests child runs
