@@ -138,9 +138,9 @@ def demo_data(
 
     try:
         path = fetch_demo_data(dest, from_)
+        pointer = track_with_dvc(path)
     except DemoDataError as error:
         _fail(str(error), 1)
-    pointer = track_with_dvc(path)
     typer.echo(f"demo data ready at {path}" + (f", pinned by {pointer}" if pointer else ""))
 
 

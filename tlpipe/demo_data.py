@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
+from tlpipe.commands import python_tool, run_command
 from tlpipe.fsio import file_sha256
 
 DEMO_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
@@ -47,14 +47,12 @@ def track_with_dvc(path: Path) -> Path | None:
     The pointer pins the data's content; committing it lets ``dvc repro`` and ``dvc pull``
     find exactly this version again.
     """
-    import subprocess
-
     path = Path(path).resolve()
     root = next((p for p in path.parents if (p / ".dvc").is_dir()), None)
     if root is None:
         return None
-    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(path.relative_to(root))],
-                   cwd=root, check=True)
+    run_command([*python_tool("dvc"), "add", "-q", str(path.relative_to(root))], "dvc add",
+                DemoDataError, root)
     return Path(f"{path}.dvc")
 
 
