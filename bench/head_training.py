@@ -23,7 +23,7 @@ from tlpipe.augment import train_transform
 from tlpipe.backbones import load_backbone
 from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.features import extract_features, forward_features, plan_views
-from tlpipe.head import build_head, train_head
+from tlpipe.head import HeadSpec, build_head, train_head
 from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
 from tlpipe.stages.features import feature_spec
 
@@ -36,7 +36,8 @@ def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[floa
     dataset = ImageFolderRows(DEMO, train["path"].tolist(),
                               train_transform(backbone.preprocessing, params.augment),
                               labels=labels)
-    head = build_head(params.head, backbone.num_features, len(classes))
+    head = build_head(HeadSpec("linear", backbone.num_features, len(classes),
+                               dropout=params.head.dropout))
     optimizer = torch.optim.AdamW(head.parameters(), lr=params.head.lr,
                                   weight_decay=params.head.weight_decay)
     start = time.perf_counter()
@@ -78,7 +79,9 @@ def cached(backbone, manifest, classes, params, epochs: int) -> tuple[float, flo
                          cache)
         extracted = time.perf_counter()
         head, _ = train_head(*load_split(plan, cache, "train", classes),
-                             *load_split(plan, cache, "val", classes), len(classes),
+                             *load_split(plan, cache, "val", classes),
+                             HeadSpec("linear", backbone.num_features, len(classes),
+                                      dropout=head_config.dropout),
                              head_config, params.seed)
         done = time.perf_counter()
         test_x, test_y = load_split(plan, cache, "test", classes)

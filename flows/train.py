@@ -33,13 +33,14 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
             features_shard.map(unmapped(params), unmapped(project),
                                range(params.features.shards)).result()
         features = stage.features(run, params, project)
-        stage.head(run, params, project)
-        stage.finetune(run, params, project)
+        head = stage.head(run, params, project)
+        finetune = stage.finetune(run, params, project)
         evaluation = stage.evaluate(run, params, project)
         version = stage.register(run, params, project)
     # After the training run is closed, so a refused promotion never marks training FAILED.
     promotion = (promote_flow(params, project_dir, version=str(version["version"]))
                  if params.promotion.after_training else None)
     return {"run_id": run.parent_run_id, "model": version, "features": features,
-            "test_accuracy": evaluation["accuracy"], "test_macro_f1": evaluation["macro_f1"],
-            "promotion": promotion}
+            "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
+            "test_macro_f1": evaluation["macro_f1"],
+            "small_test_split": evaluation["small_test_split"], "promotion": promotion}

@@ -64,7 +64,9 @@ SMALL_PARAMS = {
     "split": {"val_fraction": 0.3},
     "validation": {"quarantine": ["format"]},
     "features": {"views": 1, "batch_size": 16},
-    "head": {"epochs": 40, "patience": 10},
+    # Two rungs of the ladder keep runs quick and the head fine-tunable (tests/test_recipe.py
+    # runs the whole ladder).
+    "head": {"epochs": 40, "patience": 10, "candidates": ["logistic", "linear"]},
     "finetune": {"epochs": 1, "batch_size": 8, "unfreeze_blocks": 1},
     "evaluation": {"batch_size": 16},
     "registry": {"model_name": "test-ants-bees"},

@@ -60,3 +60,35 @@ def odd_but_valid(directory: Path) -> dict[str, Path]:
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     save("rotated.jpg", base, format="JPEG", exif=exif.tobytes())
     return files
+
+
+SHAPES = ("disc", "square", "stripes")
+
+
+def shape(kind: str, seed: int, size: tuple[int, int] = (80, 56)) -> Image.Image:
+    """A greyscale, non-square picture of one shape at a random place and scale, on noise:
+    far from ImageNet photos, and a class only the shape tells apart."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+    radius = rng.uniform(0.15, 0.3) * min(size)
+    if kind == "disc":
+        mask = (xs - cx) ** 2 + (ys - cy) ** 2 < radius ** 2
+    elif kind == "square":
+        mask = (abs(xs - cx) < radius) & (abs(ys - cy) < radius)
+    else:
+        mask = ((xs + ys * rng.uniform(-1, 1)) // max(2, int(radius / 3))) % 2 == 0
+    pixels = rng.normal(110, 25, (height, width)) + 100 * mask
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "L")
+
+
+def write_shapes(root: Path, per_class: int, kinds: tuple[str, ...] = SHAPES) -> Path:
+    """Class folders of PNG (and some JPEG) shape pictures of varied sizes."""
+    for kind in kinds:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            size = (64 + 8 * (index % 5), 48 + 12 * (index % 3))
+            image = shape(kind, hash((kind, index)) % 2**32, size)
+            image.save(root / kind / f"{kind}_{index}.{'jpg' if index % 4 == 0 else 'png'}")
+    return root

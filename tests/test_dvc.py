@@ -177,7 +177,8 @@ def test_reproduce_rebuilds_a_registered_model_and_reports_a_match(repos, first_
     # The flow must fine-tune by itself (not reuse the repro's checkpoint), in one process
     # where all steps share the backbone: its metrics must still equal a repro's exactly.
     shutil.rmtree(origin / ".cache" / "checkpoints")
-    sh(sys.executable, "-m", "tlpipe.cli", "run", cwd=origin)
+    output = sh(sys.executable, "-m", "tlpipe.cli", "run", cwd=origin)
+    assert "<- chosen" in output and "Fine-tuning " in output  # the leaderboard, the verdict
     assert sh("git", "status", "--porcelain", "outputs", cwd=origin) == ""
     lineage = sh(sys.executable, "-m", "tlpipe.cli", "lineage", "models:/dvc-test@challenger",
                  cwd=origin)

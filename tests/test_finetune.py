@@ -7,9 +7,9 @@ import torch
 
 from tests.conftest import copy_slice
 from tlpipe.backbones import load_backbone
-from tlpipe.config import AugmentConfig, FinetuneConfig, HeadConfig
+from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.finetune import FinetuneData, finetune, parameter_groups
-from tlpipe.head import build_head
+from tlpipe.head import HeadSpec, build_head
 from tlpipe.model_io import Classifier
 
 CONFIG = FinetuneConfig(epochs=2, batch_size=4, unfreeze_blocks=2, patience=5)
@@ -34,7 +34,7 @@ def data(tmp_path_factory):
 
 def _head(backbone):
     torch.manual_seed(0)
-    return build_head(HeadConfig(), backbone.num_features, 2)
+    return build_head(HeadSpec("linear", backbone.num_features, 2, dropout=0.2))
 
 
 def test_batchnorm_statistics_stay_bit_identical_through_an_epoch(backbone, data, tmp_path):

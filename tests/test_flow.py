@@ -80,6 +80,23 @@ def test_parent_run_holds_headline_metrics_tags_and_one_child_per_stage(trained)
     assert len(history) == 1  # one fine-tune epoch in these params
 
 
+def test_the_ladder_choice_and_the_fine_tune_verdict_are_recorded(trained):
+    _, params, first, _ = trained
+    client = MlflowClient()
+    chosen = next(row for row in first["head"]["leaderboard"] if row["chosen"])
+    assert chosen["candidate"] == first["head"]["chosen"]
+    parent = client.get_run(first["run_id"])
+    assert parent.data.tags["head"] == chosen["candidate"]
+    assert parent.data.tags["finetune"].startswith(first["finetune"]["verdict"] + ": ")
+    head_run = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{first['run_id']}' "
+                                     "and tags.`tlpipe.stage` = 'head'")[0]
+    assert head_run.data.tags["head.chosen"] == chosen["candidate"]
+    assert "leaderboard.json" in {a.path for a in client.list_artifacts(head_run.info.run_id)}
+    version = client.get_model_version(params.registry.model_name, first["model"]["version"])
+    assert version.tags["head"] == chosen["candidate"]
+
+
 def test_second_run_reuses_every_cached_feature(trained):
     _, _, first, second = trained
     assert first["features"]["computed"] > 0

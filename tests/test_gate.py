@@ -66,3 +66,16 @@ def test_minimum_improvement_is_enforced():
     champion = scores("1", [False] * 6 + [True] * 94, 0.94, {"a": 0.94, "b": 0.94})
     challenger = scores("2", [True] * 97 + [False] * 3, 0.97, {"a": 0.97, "b": 0.97})
     assert checks(apply_gate(rule, challenger, champion))["improvement"] is False
+
+
+def test_a_small_test_split_is_named_with_its_interval_and_a_large_one_is_not():
+    from tlpipe.metrics import small_split_warning, wilson_half_width
+
+    labels = ["ants"] * 6 + ["bees"] * 6
+    warning = small_split_warning(labels, correct=11, min_images=30, min_per_class=10)
+    assert "12 test images (fewer than evaluation.min_test_images=30)" in warning
+    assert "ants 6, bees 6" in warning
+    assert f"±{wilson_half_width(11, 12):.2f}" in warning and wilson_half_width(11, 12) > 0.1
+    assert small_split_warning(["a"] * 40 + ["b"] * 40, 70, 30, 10) is None
+    thin = small_split_warning(["a"] * 40 + ["b"] * 5, 40, 30, 10)
+    assert "under evaluation.min_test_per_class=10: b 5" in thin

@@ -80,3 +80,22 @@ def test_the_import_graph_has_no_circle():
     circles = [(a, b) for a in graph.modules for b in graph.find_modules_directly_imported_by(a)
                if graph.chain_exists(importer=b, imported=a)]
     assert circles == []
+
+
+def longest_import_chain() -> list[str]:
+    graph = import_graph()
+
+    @cache
+    def chain_from(module: str) -> tuple[str, ...]:
+        below = [chain_from(imported) for imported in
+                 graph.find_modules_directly_imported_by(module)]
+        return (module, *max(below, key=len, default=()))
+
+    return list(max((chain_from(module) for module in graph.modules), key=len))
+
+
+def test_the_import_graph_is_shallow():
+    """Before the stages had one module each, the longest chain of imports was 12 deep
+    (12 imports from tlpipe.cli down to tlpipe.config); keep it below that."""
+    chain = longest_import_chain()
+    assert len(chain) - 1 <= 10, " -> ".join(chain)

@@ -37,9 +37,16 @@ class Preprocessing:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # "crop": shorter side to resize_size, then the centre input_size square (pretraining's
+    # recipe); "resize": the whole image squeezed to input_size square, nothing cut off.
+    resize: str = "crop"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
 
 
 @dataclass

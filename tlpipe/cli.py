@@ -98,6 +98,16 @@ def run(
     except (PromotionError, LockTimeout) as error:
         _fail(f"The model was registered as @{settings.registry.alias}, but the promotion "
               f"could not run: {error}. Run `tlpipe promote` once that is fixed.", 1)
+    from tlpipe.ladder import leaderboard_lines
+
+    typer.echo("\nHead candidates, scored on validation data only (the test split chose "
+               "nothing):")
+    typer.echo("\n".join(leaderboard_lines(summary["head"]["leaderboard"],
+                                           settings.head.selection_metric)))
+    typer.echo(f"Fine-tuning {summary['finetune']['verdict']}: "
+               f"{summary['finetune']['reason']}\n")
+    if summary["small_test_split"]:
+        typer.secho(f"WARNING: {summary['small_test_split']}", fg=typer.colors.YELLOW)
     model = summary["model"]
     typer.secho(
         f"Registered {model['name']} version {model['version']} as @{model['alias']}: "
@@ -209,6 +219,8 @@ def _print_decision(decision: dict) -> None:
     typer.secho(f"{decision['model_name']} v{decision['challenger']}: {verdict.upper()}",
                 fg=colour, bold=True)
     typer.echo(f"  {decision['reason']}")
+    if decision.get("warning"):
+        typer.secho(f"  WARNING: {decision['warning']}", fg=typer.colors.YELLOW)
     for check in decision.get("gate", {}).get("checks", []):
         typer.echo(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['name']}: "
                    f"{check['detail']}")

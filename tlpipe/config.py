@@ -90,10 +90,32 @@ class FeaturesConfig(Section):
     # Split extraction into this many Prefect task runs (workers can take them in parallel);
     # they fill the same content-addressed cache, so the result does not depend on it.
     shards: PositiveInt = 1
+    # How evaluation and serving fit an image to the backbone's input: "crop" resizes the
+    # shorter side and takes the centre (the backbone's pretraining recipe), "resize" squeezes
+    # the whole image to the input size (nothing cut off), "auto" picks one by validation.
+    eval_resize: Literal["crop", "resize", "auto"] = "crop"
+
+
+HeadKind = Literal["logistic", "linear", "mlp", "knn"]
 
 
 class HeadConfig(Section):
-    kind: Literal["linear", "mlp"] = "linear"
+    # The ladder: each candidate is scored on validation data and the best one is the head.
+    candidates: Annotated[list[HeadKind], Field(min_length=1)] = [
+        "logistic", "linear", "mlp", "knn"]
+    logistic_c: Annotated[list[PositiveFloat], Field(min_length=1)] = [
+        0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]  # inverse L2 strengths tried by the probe
+    knn_k: Annotated[list[PositiveInt], Field(min_length=1)] = [5, 15]
+    # Each candidate is fitted on the plain views of the training images, and on the plain
+    # plus the augmented views: augmentation helps some data and hurts other.
+    train_views: Annotated[list[Literal["plain", "augmented"]], Field(min_length=1)] = [
+        "plain", "augmented"]
+    selection_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # With fewer validation images than this, candidates are scored by k-fold cross-validation
+    # over the training and validation images instead of on the validation split alone.
+    min_val_images: Annotated[int, Field(ge=0)] = 200
+    cv_folds: Annotated[int, Field(ge=2, le=20)] = 5
+    # The trained heads (linear, mlp):
     hidden_dim: PositiveInt = 256
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     lr: PositiveFloat = 1e-3
@@ -125,6 +147,9 @@ class FinetuneConfig(Section):
 class EvaluationConfig(Section):
     calibration_bins: Annotated[int, Field(ge=2)] = 10
     batch_size: PositiveInt = 32
+    # Fewer test images than these and the figures are flagged as too noisy to trust.
+    min_test_images: Annotated[int, Field(ge=0)] = 30
+    min_test_per_class: Annotated[int, Field(ge=0)] = 10
 
 
 Alias = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]

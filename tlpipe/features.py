@@ -71,10 +71,11 @@ class ExtractionStats:
 
 
 def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.DataFrame:
-    """One row per feature vector needed: train gets ``views`` augmented views, others one plain."""
+    """One row per feature vector needed: training images get their plain view and ``views``
+    augmented ones, the others their plain view."""
     rows = []
     for row in manifest.itertuples(index=False):
-        wanted = range(1, views + 1) if row.split == "train" else (PLAIN_VIEW,)
+        wanted = (PLAIN_VIEW, *range(1, views + 1)) if row.split == "train" else (PLAIN_VIEW,)
         rows.extend({"path": row.path, "label": row.label, "split": row.split,
                      "sha256": row.sha256, "view": view, "key": spec.key(row.sha256, view)}
                     for view in wanted)

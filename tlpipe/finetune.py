@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,11 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
     return factor
 
 
+# What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
+# checkpoint written by another version of this module is never found, let alone misread.
+CHECKPOINT_FORMAT = 2
+
+
 @dataclass
 class FinetuneData:
     root: Path
@@ -69,10 +75,16 @@ class FinetuneData:
 
 @dataclass
 class FinetuneResult:
-    model: Classifier
+    model: Classifier  # the best epoch's, or the starting model if no epoch beat it
     history: TrainingHistory
     resumed_from_epoch: int | None  # the last completed epoch found in a checkpoint, if any
     epochs_run: int  # epochs trained by this call
+    estimated_seconds: float | None = None  # forecast from the first batches of this call
+
+    @property
+    def improved(self) -> bool:
+        """Whether some epoch beat the starting model on validation."""
+        return self.history.best_epoch >= 0
 
 
 def _trainable_names(model: nn.Module) -> list[str]:
@@ -100,7 +112,7 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int, devi
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
-             augment: AugmentConfig, seed: int, checkpoint: Path,
+             augment: AugmentConfig | None, seed: int, checkpoint: Path,
              on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
     """Train ``epochs`` epochs with early stopping; resume from ``checkpoint`` if it exists.
 
@@ -122,14 +134,16 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     # are frozen and equal everywhere, so they need no broadcast.
     forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
                if rank.world_size > 1 else model)
-    train_set = ImageFolderRows(data.root, data.train_paths,
-                                train_transform(backbone.preprocessing, augment),
+    # Without an augmentation policy, training images look as they do at evaluation.
+    training_view = (train_transform(backbone.preprocessing, augment) if augment is not None
+                     else eval_transform(backbone.preprocessing))
+    train_set = ImageFolderRows(data.root, data.train_paths, training_view,
                                 labels=data.train_labels)
     val_set = ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
                               labels=data.val_labels)
 
     history, start_epoch, resumed_from = TrainingHistory(), 0, None
-    best_state, best_loss, stale = copy.deepcopy(model.state_dict()), float("inf"), 0
+    stale = 0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["trainable"] != _trainable_names(model):
@@ -139,14 +153,24 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         best_state, best_loss, stale = state["best_model"], state["best_loss"], state["stale"]
-        history = TrainingHistory(state["history"], state["best_epoch"])
+        history = TrainingHistory(state["history"], state["best_epoch"], state["start"])
+        validation_s = state["validation_seconds"]
         torch.set_rng_state(state["rng"])  # the first process's stream (exact for 1 process)
         resumed_from = state["epoch"]
         start_epoch = resumed_from + 1
+    else:
+        # The model fine-tuning starts from is the one to beat: an epoch becomes the best only
+        # with a lower validation loss and no lower accuracy than the start.
+        started = time.perf_counter()
+        loss, accuracy = _evaluate(model, val_set, config.batch_size, device, rank)
+        validation_s = time.perf_counter() - started
+        history.start = {"val_loss": loss, "val_accuracy": accuracy}
+        best_state, best_loss = copy.deepcopy(model.state_dict()), loss
     if stale >= config.patience:
         start_epoch = config.epochs  # early stopping had already ended this run
 
-    epochs_run = 0
+    epochs_run, forecast = 0, _Forecast(steps_per_epoch, config.epochs - start_epoch,
+                                        validation_s, rank.index == 0)
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = torch.randperm(len(train_set),
@@ -165,11 +189,12 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
             optimizer.step()
             scheduler.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
+            forecast.batch_done()
         val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size, device, rank)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "val_accuracy": val_accuracy}
         history.record(**record)
-        if val_loss < best_loss:
+        if val_loss < best_loss and val_accuracy >= history.start["val_accuracy"]:
             best_state, best_loss, stale = copy.deepcopy(model.state_dict()), val_loss, 0
             history.best_epoch = epoch
         else:
@@ -181,14 +206,38 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                 "scheduler": scheduler.state_dict(), "best_model": best_state,
                 "best_loss": best_loss, "stale": stale, "history": history.epochs,
                 "best_epoch": history.best_epoch, "trainable": _trainable_names(model),
-                "rng": torch.get_rng_state(),
+                "rng": torch.get_rng_state(), "start": history.start,
+                "validation_seconds": validation_s,
             })
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
-    return FinetuneResult(model.eval().cpu(), history, resumed_from, epochs_run)
+    return FinetuneResult(model.eval().cpu(), history, resumed_from, epochs_run,
+                          forecast.estimate)
+
+
+class _Forecast:
+    """How long the epochs left will take, from the first batches: printed once, up front."""
+
+    BATCHES = 3
+
+    def __init__(self, steps_per_epoch: int, epochs: int, validation_s: float, speak: bool):
+        self.steps, self.epochs, self.validation_s = steps_per_epoch, epochs, validation_s
+        self.speak, self.done, self.estimate = speak, 0, None
+        self.started = time.perf_counter()
+
+    def batch_done(self) -> None:
+        self.done += 1
+        if self.done != min(self.BATCHES, self.steps * self.epochs):
+            return
+        per_batch = (time.perf_counter() - self.started) / self.done
+        self.estimate = per_batch * self.steps * self.epochs + self.validation_s * self.epochs
+        if self.speak:
+            tqdm.write(f"finetune: about {self.estimate / 60:.1f} min for {self.epochs} "
+                       f"epoch(s) of {self.steps} batches ({per_batch:.2f} s a batch over the "
+                       f"first {self.done}, {self.validation_s:.1f} s a validation pass)")
 
 
 def _device() -> torch.device:

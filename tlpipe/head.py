@@ -1,9 +1,14 @@
-"""The classifier head, trained on cached features in seconds."""
+"""Classifier heads on backbone features: their shapes, and training one in seconds.
+
+A head is described by a :class:`HeadSpec` (what the model file records, so loading needs no
+settings) and built by :func:`build_head`: a linear layer, a small MLP, or k-nearest
+neighbours over remembered training vectors.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -17,12 +22,57 @@ def class_order(labels) -> list[str]:
     return sorted(set(labels))
 
 
-def build_head(config: HeadConfig, in_features: int, num_classes: int) -> nn.Module:
-    if config.kind == "linear":
-        return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(in_features, num_classes))
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str                 # linear | mlp | knn
+    in_features: int
+    num_classes: int
+    hidden_dim: int = 0       # mlp
+    dropout: float = 0.0      # linear, mlp (only while training)
+    k: int = 0                # knn: neighbours that vote
+    references: int = 0       # knn: remembered training vectors
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, in_features: int, num_classes: int) -> HeadSpec:
+        """Also reads the head settings that models registered before HeadSpec recorded."""
+        return cls(values.get("kind", "linear"), in_features, num_classes,
+                   int(values.get("hidden_dim") or 0), float(values.get("dropout") or 0.0),
+                   int(values.get("k") or 0), int(values.get("references") or 0))
+
+
+class NearestNeighbourHead(nn.Module):
+    """k-nearest neighbours by cosine similarity, as a module: its outputs are the log of
+    smoothed vote shares, so a softmax over them gives the vote shares back."""
+
+    def __init__(self, in_features: int, num_classes: int, references: int, k: int):
+        super().__init__()
+        self.num_classes, self.k = num_classes, k
+        self.register_buffer("keys", torch.zeros(references, in_features))
+        self.register_buffer("labels", torch.zeros(references, dtype=torch.long))
+
+    def remember(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.keys.copy_(functional.normalize(features.float(), dim=1))
+        self.labels.copy_(labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        similarity = functional.normalize(features.float(), dim=1) @ self.keys.T
+        nearest = similarity.topk(min(self.k, len(self.keys)), dim=1).indices
+        votes = functional.one_hot(self.labels[nearest], self.num_classes).sum(1).float()
+        return torch.log((votes + 0.5) / (votes.sum(1, keepdim=True) + 0.5 * self.num_classes))
+
+
+def build_head(spec: HeadSpec) -> nn.Module:
+    if spec.kind == "knn":
+        return NearestNeighbourHead(spec.in_features, spec.num_classes, spec.references, spec.k)
+    if spec.kind == "linear":
+        return nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(spec.in_features,
+                                                                 spec.num_classes))
     return nn.Sequential(
-        nn.Dropout(config.dropout), nn.Linear(in_features, config.hidden_dim), nn.GELU(),
-        nn.Dropout(config.dropout), nn.Linear(config.hidden_dim, num_classes),
+        nn.Dropout(spec.dropout), nn.Linear(spec.in_features, spec.hidden_dim), nn.GELU(),
+        nn.Dropout(spec.dropout), nn.Linear(spec.hidden_dim, spec.num_classes),
     )
 
 
@@ -36,7 +86,8 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 @dataclass
 class TrainingHistory:
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "train_loss", "val_loss", ...}
-    best_epoch: int = -1
+    best_epoch: int = -1  # -1: no epoch beat the start
+    start: dict | None = None  # validation figures of the model before the first epoch
 
     def record(self, **values: float) -> None:
         self.epochs.append(values)
@@ -49,12 +100,13 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
 
 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-               val_y: torch.Tensor, num_classes: int, config: HeadConfig, seed: int
+               val_y: torch.Tensor, spec: HeadSpec, config: HeadConfig, seed: int
                ) -> tuple[nn.Module, TrainingHistory]:
     """Mini-batch AdamW with early stopping on validation loss; returns the best head."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head = build_head(config, train_x.shape[1], num_classes)
+    num_classes = spec.num_classes
+    head = build_head(spec)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     weights = class_weights(train_y, num_classes) if config.class_weighting else None

@@ -4,6 +4,8 @@ calibration. Plain NumPy and scikit-learn, shared by evaluation and the promotio
 from __future__ import annotations
 
 import itertools
+import math
+from collections import Counter
 
 import numpy as np
 from sklearn.metrics import (
@@ -55,3 +57,28 @@ def flat_metrics(metrics: dict, prefix: str = "test_") -> dict[str, float]:
         for figure in ("precision", "recall", "f1"):
             flat[f"{prefix}{figure}_{name}"] = figures[figure]
     return flat
+
+
+def wilson_half_width(successes: int, n: int, z: float = 1.96) -> float:
+    """Half the width of the Wilson 95% interval of a proportion measured on ``n`` items."""
+    if n == 0:
+        return 1.0
+    p = successes / n
+    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+
+
+def small_split_warning(labels: list[str], correct: int, min_images: int,
+                        min_per_class: int) -> str | None:
+    """Why a test split is too small to trust its figures, or None when it is not."""
+    counts = Counter(labels)
+    thin = sorted(name for name, count in counts.items() if count < min_per_class)
+    if len(labels) >= min_images and not thin:
+        return None
+    short = (f"{len(labels)} test images (fewer than evaluation.min_test_images="
+             f"{min_images})" if len(labels) < min_images else f"{len(labels)} test images")
+    if thin:
+        short += (f"; under evaluation.min_test_per_class={min_per_class}: "
+                  + ", ".join(f"{name} {counts[name]}" for name in thin))
+    return (f"small test split: {short}. The 95% interval of accuracy here is about "
+            f"±{wilson_half_width(correct, len(labels)):.2f}, so differences smaller than that "
+            "are noise: add test images before trusting these figures or a promotion")

@@ -11,9 +11,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tlpipe.backbones import Preprocessing, build_architecture
-from tlpipe.config import HeadConfig
 from tlpipe.fsio import write_atomic, write_json
-from tlpipe.head import build_head
+from tlpipe.head import HeadSpec, build_head
 
 WEIGHTS_FILE, SPEC_FILE = "model.safetensors", "model.json"
 
@@ -43,14 +42,12 @@ class ModelSpec:
     backbone: str
     num_features: int
     classes: list[str]
-    head: dict  # HeadConfig fields that shape the head
+    head: dict  # HeadSpec fields: what shapes the head
     preprocessing: dict
 
     @property
     def preprocessing_config(self) -> Preprocessing:
-        values = dict(self.preprocessing)
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-        return Preprocessing(**values)
+        return Preprocessing.from_dict(self.preprocessing)
 
 
 def save_classifier(model: Classifier, spec: ModelSpec, directory: Path) -> Path:
@@ -64,7 +61,7 @@ def save_classifier(model: Classifier, spec: ModelSpec, directory: Path) -> Path
 def load_classifier(directory: Path) -> tuple[Classifier, ModelSpec]:
     directory = Path(directory)
     spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
-    head = build_head(HeadConfig(**spec.head), spec.num_features, len(spec.classes))
+    head = build_head(HeadSpec.from_dict(spec.head, spec.num_features, len(spec.classes)))
     model = Classifier(build_architecture(spec.backbone), head)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     return model.eval(), spec

@@ -30,16 +30,15 @@ def to_normalised(preprocessing: Preprocessing) -> list:
 
 
 def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """Exactly what the backbone saw in pretraining: resize, centre crop, normalise."""
+    """What the backbone sees at evaluation: the image fitted to its input, normalised."""
     # Resizing the PIL image (before ToImage) uses Pillow's SIMD resampling: several times
     # cheaper than resizing the tensor, which matters when decoding shares 2 cores with the model.
-    return v2.Compose([
-        v2.Resize(preprocessing.resize_size, interpolation=interpolation(preprocessing),
-                  antialias=True),
-        v2.CenterCrop(preprocessing.input_size),
-        v2.ToImage(),
-        *to_normalised(preprocessing),
-    ])
+    size = preprocessing.input_size
+    fit = ([v2.Resize((size, size), interpolation=interpolation(preprocessing), antialias=True)]
+           if preprocessing.resize == "resize" else
+           [v2.Resize(preprocessing.resize_size, interpolation=interpolation(preprocessing),
+                      antialias=True), v2.CenterCrop(size)])
+    return v2.Compose([*fit, v2.ToImage(), *to_normalised(preprocessing)])
 
 
 # torch's RNG is process-wide: seeded transforms in loader threads must take turns.

@@ -29,6 +29,7 @@ from tlpipe.config import Params, RegistryConfig
 from tlpipe.fsio import sha256_text
 from tlpipe.gate import Check, GateResult, Scores, apply_gate
 from tlpipe.manifest import manifest_fingerprint
+from tlpipe.metrics import small_split_warning
 from tlpipe.model_io import SPEC_FILE, Classifier, ModelSpec, load_classifier
 from tlpipe.paths import data_root
 from tlpipe.registry_lock import registry_lock
@@ -167,6 +168,7 @@ class Decision:
     gate: dict = field(default_factory=dict)
     run_id: str | None = None
     reused: bool = False    # an identical earlier decision was returned as it was
+    warning: str | None = None  # why the test split is too small to trust, if it is
 
     @property
     def moves_champion(self) -> bool:
@@ -193,7 +195,7 @@ def already_decided(experiment_id: str, key: str) -> Decision | None:
     return Decision(recorded["model_name"], recorded["challenger_version"],
                     recorded["champion_version"] or None, recorded["verdict"],
                     recorded["reason"], recorded["summary"], recorded["test_fingerprint"],
-                    run_id=found[0].info.run_id,
+                    run_id=found[0].info.run_id, warning=recorded.get(tags.SMALL_TEST_SPLIT),
                     reused=True)
 
 
@@ -211,11 +213,17 @@ def decide(params: Params, candidates: Candidates, scored: ScoredCandidates,
     else:
         verdict, summary = "promoted" if gate.passed else "refused", gate.summary + compared
         reason = gate.reason
+    # A small split is said loudly but decides nothing: the gate's own checks (McNemar most of
+    # all) already refuse a challenger that so few images cannot show to be better, and with
+    # no champion yet, refusing the first model would leave nothing to serve.
+    warning = small_split_warning(split.labels, sum(scored.challenger.correct),
+                                  params.evaluation.min_test_images,
+                                  params.evaluation.min_test_per_class)
     return Decision(candidates.model_name, candidates.challenger, candidates.champion, verdict,
                     reason, summary, split.fingerprint, {**gate.to_dict(), "scores": {
                         role: _public_scores(scores) for role, scores in
                         (("challenger", scored.challenger), ("champion", scored.champion))
-                        if scores is not None}})
+                        if scores is not None}}, warning=warning)
 
 
 def _public_scores(scores: Scores) -> dict:
@@ -243,7 +251,8 @@ def _decision_tags(decision: Decision) -> dict[str, str]:
     return {"model_name": decision.model_name, "challenger_version": decision.challenger,
             "champion_version": decision.champion or "", "verdict": decision.verdict,
             "reason": decision.reason[:4000], "summary": decision.summary,
-            "test_fingerprint": decision.test_fingerprint}
+            "test_fingerprint": decision.test_fingerprint,
+            **({tags.SMALL_TEST_SPLIT: decision.warning[:4000]} if decision.warning else {})}
 
 
 def _log_scores(client: MlflowClient, run_id: str, params: Params, decision: Decision,

@@ -11,14 +11,17 @@ DATA_FINGERPRINT = "data_fingerprint"    # hash of the validated manifest
 DVC_LOCK_SHA256 = "dvc_lock_sha256"
 PARAMS_HASH = "params_hash"
 BACKBONE, WEIGHTS_DIGEST = "backbone", "weights_digest"
+HEAD = "head"                            # the ladder's choice, e.g. "logistic C=0.01"
+FINETUNE = "finetune"                    # kept | not kept: why | skipped
 TRIGGER = "trigger"                      # flow | dvc
 PREFECT_FLOW_RUN_ID = "prefect_flow_run_id"
 PIPELINE_RUN_ID = "pipeline_run_id"      # on a model version: the run that trained it
 MODEL_VERSION = "model_version"          # on a pipeline run: the version it registered
 FAILURE_REASON = "failure_reason"
+SMALL_TEST_SPLIT = "small_test_split"    # why the test figures are too noisy to trust
 # Carried by a pipeline run and handed on to the model version it registers.
 LINEAGE = (GIT_COMMIT, GIT_DIRTY, DATA_DVC_MD5, DATA_FINGERPRINT, DVC_LOCK_SHA256, PARAMS_HASH,
-           BACKBONE, WEIGHTS_DIGEST, TRIGGER, PREFECT_FLOW_RUN_ID)
+           BACKBONE, WEIGHTS_DIGEST, HEAD, FINETUNE, TRIGGER, PREFECT_FLOW_RUN_ID)
 
 # Promotion decisions, on the model versions involved.
 PROMOTION_PREFIX = "promotion."

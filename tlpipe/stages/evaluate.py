@@ -12,11 +12,12 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.evaluate import plot_confusion_matrix, plot_learning_curves, predict_probabilities
 from tlpipe.fsio import write_json
 from tlpipe.manifest import load_manifest
-from tlpipe.metrics import compute_metrics, flat_metrics
+from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
 from tlpipe.model_io import load_classifier
 from tlpipe.paths import data_root, outputs_for
 from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
@@ -36,6 +37,9 @@ def compute(params: Params, project: Path) -> dict:
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins)
+    metrics["small_test_split"] = small_split_warning(
+        test["label"].tolist(), int((probabilities.argmax(axis=1) == y_true).sum()),
+        params.evaluation.min_test_images, params.evaluation.min_test_per_class)
     write_json(out.metrics, metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
     histories = {stage: json.loads(path.read_text())["epochs"]
@@ -50,7 +54,8 @@ def compute(params: Params, project: Path) -> dict:
         for path, truth, guess in zip(test["path"], y_true, predicted, strict=True)])
     return {"metrics": str(out.metrics), "confusion_matrix": str(out.confusion_png),
             "learning_curves": str(out.curves_png), **{k: metrics[k] for k in
-                                                        ("accuracy", "macro_f1", "ece")}}
+                                                        ("accuracy", "macro_f1", "ece",
+                                                         "small_test_split")}}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -65,4 +70,8 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
             log_to_run_and_parent(context, result[key], "evaluation")
         print(f"test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
               f"ECE {result['ece']:.4f}")
+        if result["small_test_split"]:
+            for run_id in (mlflow.active_run().info.run_id, context.parent_run_id):
+                client.set_tag(run_id, tags.SMALL_TEST_SPLIT, result["small_test_split"])
+            print(f"WARNING: {result['small_test_split']}")
         return {**result, "headline": headline}

@@ -1,11 +1,14 @@
 """features: the frozen backbone's feature vectors for every image view, in the feature cache.
 
-Writes the plan (one row per vector: image, split, view, cache key). The cache is
-content-addressed, so a view computed by any earlier run, shard or experiment is reused.
+Writes the plan (one row per vector: image, split, view, cache key) and the evaluation
+preprocessing it used (``features.eval_resize``, chosen by validation when ``auto``). The
+cache is content-addressed, so a view computed by any earlier run, shard or experiment is
+reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -15,8 +18,11 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.backbones import Backbone, backbone_for
 from tlpipe.config import Params
-from tlpipe.feature_store import FeatureCache
+from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.features import FeatureSpec, extract_features, plan_views, save_plan, shard_of
+from tlpipe.fsio import write_json
+from tlpipe.head import class_order
+from tlpipe.ladder import Features, probe_score
 from tlpipe.manifest import load_manifest
 from tlpipe.paths import data_root, outputs_for, resolve
 from tlpipe.tracking import RunContext, flat_params, stage_run
@@ -32,11 +38,42 @@ def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
     )
 
 
-def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureCache]:
-    backbone = backbone_for(params.backbone, project)
-    plan = plan_views(load_manifest(outputs_for(params, project).validated),
-                      params.features.views, feature_spec(params, backbone))
-    return plan, backbone, FeatureCache(resolve(project, params.features.cache_dir))
+def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureCache, dict]:
+    """The views to extract, with the backbone set to the evaluation preprocessing chosen
+    (``features.eval_resize``) and what the choice was based on."""
+    manifest = load_manifest(outputs_for(params, project).validated)
+    cache = FeatureCache(resolve(project, params.features.cache_dir))
+    backbone, choice = _choose_preprocessing(params, project, manifest, cache)
+    plan = plan_views(manifest, params.features.views, feature_spec(params, backbone))
+    return plan, backbone, cache, choice
+
+
+def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
+                          cache: FeatureCache) -> tuple[Backbone, dict]:
+    """With ``auto``, each option's features of every training and validation image (never
+    a test image) are scored with the cross-validated logistic probe; the best one wins,
+    ``crop`` (the pretraining recipe) on a tie."""
+    setting = params.features.eval_resize
+    own = backbone_for(params.backbone, project)
+    options = ("crop", "resize") if setting == "auto" else (setting,)
+    backbones = {option: dataclasses.replace(own, preprocessing=dataclasses.replace(
+        own.preprocessing, resize=option)) for option in options}
+    scores = {}
+    if len(options) > 1:
+        seen = manifest[manifest["split"].isin(["train", "val"])]
+        classes = class_order(seen["label"])
+        for option, backbone in backbones.items():
+            # One plain view of each image, as evaluation would see it under this option.
+            plan = plan_views(seen.assign(split="plain"), 1, feature_spec(params, backbone))
+            _fill(params, project, plan, backbone, cache)
+            x, y = load_split(plan, cache, "plain", classes)
+            scores[option] = probe_score(Features(x, y, plan["sha256"].to_numpy(),
+                                                  plan["view"].to_numpy()),
+                                         len(classes), params.seed)
+    chosen = max(options, key=lambda option: (scores.get(option, 0.0), option == "crop"))
+    backbone = backbones[chosen]
+    return backbone, {"eval_resize": setting, "chosen": backbone.preprocessing.to_dict(),
+                      "probe_scores": scores}
 
 
 def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
@@ -51,17 +88,18 @@ def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
 def fill_shard(params: Params, project: Path, index: int) -> dict:
     """Fill the cache for part ``index`` of ``features.shards``. Shards can run anywhere that
     shares the cache folder, in any order; ``compute`` then finds every view cached."""
-    plan, backbone, cache = _plan(params, project)
+    plan, backbone, cache, _ = _plan(params, project)
     part = shard_of(plan, index, params.features.shards)
     return {"shard": index, **_fill(params, project, part, backbone, cache)}
 
 
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
-    plan, backbone, cache = _plan(params, project)
+    plan, backbone, cache, choice = _plan(params, project)
     stats = _fill(params, project, plan, backbone, cache)
     save_plan(plan, out.plan)
-    return {"plan": str(out.plan), **stats}
+    write_json(out.preprocessing, choice)
+    return {"plan": str(out.plan), "preprocessing": choice, **stats}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -73,6 +111,13 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
                                                     "images_per_second")})
         MlflowClient().set_tag(context.parent_run_id, tags.WEIGHTS_DIGEST,
                                result["weights_digest"])
+        choice = result["preprocessing"]
+        mlflow.set_tag("features.eval_resize", choice["chosen"]["resize"])
+        if choice["probe_scores"]:
+            mlflow.log_metrics({f"probe_{option}": value
+                                for option, value in choice["probe_scores"].items()})
+            print(f"features: eval_resize auto chose {choice['chosen']['resize']!r} "
+                  f"(logistic probe, cross-validated: {choice['probe_scores']})")
         print(f"features: {result['computed']} computed, {result['cached']} from cache "
               f"in {result['seconds']:.1f}s")
         return result

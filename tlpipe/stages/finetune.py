@@ -1,26 +1,32 @@
-"""finetune: the backbone with its trained head, top blocks unfrozen, early stopping.
+"""finetune: the backbone with the chosen head, top blocks unfrozen, early stopping; kept only
+if it beats the head on validation, otherwise the head on the frozen backbone is the model.
 
-With ``finetune.epochs: 0`` the head on the frozen backbone is the model. With
-``finetune.processes`` above 1 the same fine-tuning runs under torchrun, each process a share
-of every batch. A checkpoint per epoch, keyed by every input, lets a killed run resume.
+With ``finetune.epochs: 0``, or a k-nearest-neighbours head (nothing to train), the head on the
+frozen backbone is the model. With ``finetune.processes`` above 1 the same fine-tuning runs
+under torchrun, each process a share of every batch. A checkpoint per epoch, keyed by every
+input, lets a killed run resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tlpipe.backbones import Backbone, backbone_for
+from tlpipe import tags
+from tlpipe.backbones import Preprocessing, backbone_for
 from tlpipe.config import Params
-from tlpipe.finetune import FinetuneData, finetune
+from tlpipe.finetune import CHECKPOINT_FORMAT, FinetuneData, finetune
 from tlpipe.fsio import file_sha256, sha256_text, write_json
-from tlpipe.head import build_head, class_order
+from tlpipe.head import HeadSpec, build_head, class_order
 from tlpipe.manifest import load_manifest, manifest_fingerprint
 from tlpipe.model_io import Classifier, ModelSpec, save_classifier
-from tlpipe.paths import data_root, outputs_for, resolve
+from tlpipe.paths import Outputs, data_root, outputs_for, resolve
 from tlpipe.torchrun import DistributedError, Rank, launch
 from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 
@@ -29,32 +35,43 @@ EpochCallback = Callable[[int, dict], None]
 
 
 def checkpoint_path(params: Params, project: Path, head_sha256: str, data_fingerprint: str,
-                    weights_digest: str) -> Path:
+                    weights_digest: str, augmented: bool) -> Path:
     """Checkpoints are keyed by every input of fine-tuning: a key match means the same run."""
     key = sha256_text(head_sha256, data_fingerprint, weights_digest, params.seed,
-                      params.section_digest("finetune", "augment"))
+                      params.section_digest("finetune", "augment"), augmented,
+                      CHECKPOINT_FORMAT)
     return resolve(project, params.finetune.checkpoint_dir) / key[:16] / "last.pt"
 
 
-def _model_spec(params: Params, backbone: Backbone, classes: list[str]) -> ModelSpec:
-    return ModelSpec(backbone=backbone.name, num_features=backbone.num_features, classes=classes,
-                     head=params.head.model_dump(mode="json"),
-                     preprocessing=backbone.preprocessing.to_dict())
+def _head_only(reason: str, model: Classifier, spec: ModelSpec, out: Outputs) -> dict:
+    save_classifier(model.eval(), spec, out.model_dir)
+    write_json(out.finetune_history, {"epochs": [], "best_epoch": -1, "skipped": True,
+                                      "verdict": "skipped", "reason": reason})
+    return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
+            "history": [], "verdict": "skipped", "reason": reason, "estimated_seconds": None}
 
 
 def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = None) -> dict:
     out = outputs_for(params, project)
     validated = load_manifest(out.validated)
     classes = class_order(validated["label"])
-    backbone = backbone_for(params.backbone, project)
-    head = build_head(params.head, backbone.num_features, len(classes))
+    chosen = json.loads(out.head_spec.read_text())
+    head_spec = HeadSpec(**chosen["spec"])
+    head = build_head(head_spec)
     head.load_state_dict(load_file(str(out.head_weights)))
-    spec = _model_spec(params, backbone, classes)
+    # The preprocessing the features stage chose for evaluation (features.eval_resize).
+    backbone = dataclasses.replace(
+        backbone_for(params.backbone, project),
+        preprocessing=Preprocessing.from_dict(json.loads(out.preprocessing.read_text())["chosen"]))
+    spec = ModelSpec(backbone=backbone.name, num_features=backbone.num_features,
+                     classes=classes, head=head_spec.to_dict(),
+                     preprocessing=backbone.preprocessing.to_dict())
+    head_model = Classifier(backbone.model, head)
     if params.finetune.epochs == 0:
-        save_classifier(Classifier(backbone.model, head).eval(), spec, out.model_dir)
-        write_json(out.finetune_history, {"epochs": [], "best_epoch": -1, "skipped": True})
-        return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
-                "history": []}
+        return _head_only("finetune.epochs is 0", head_model, spec, out)
+    if head_spec.kind == "knn":
+        return _head_only(f"the chosen head ({chosen['candidate']}) has no weights to "
+                          "fine-tune", head_model, spec, out)
 
     rank = Rank.current()
     if params.finetune.processes > 1 and rank.world_size == 1:
@@ -68,18 +85,37 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     val_paths, val_labels = rows("val")
     data = FinetuneData(data_root(params, project), train_paths, train_labels, val_paths,
                         val_labels, len(classes))
+    # Fine-tuning augments its images only if the chosen head was fitted on augmented views.
+    augmented = chosen["settings"].get("views") == "augmented"
     checkpoint = checkpoint_path(params, project, file_sha256(out.head_weights),
-                                 manifest_fingerprint(validated), backbone.weights_digest)
-    result = finetune(backbone, head, data, params.finetune, params.augment, params.seed,
-                      checkpoint, on_epoch_end)
+                                 manifest_fingerprint(validated), backbone.weights_digest,
+                                 augmented)
+    result = finetune(backbone, head, data, params.finetune,
+                      params.augment if augmented else None, params.seed, checkpoint,
+                      on_epoch_end)
     if rank.index > 0:
         return {}  # under torchrun the first process writes the outputs
     save_classifier(result.model, spec, out.model_dir)
+    verdict = "kept" if result.improved else "not kept"
+    reason = _reason(result.history.start, result.history.epochs, result.history.best_epoch)
     write_json(out.finetune_history, {"epochs": result.history.epochs,
-                                      "best_epoch": result.history.best_epoch})
+                                      "best_epoch": result.history.best_epoch,
+                                      "start": result.history.start,
+                                      "verdict": verdict, "reason": reason})
     return {"model_dir": str(out.model_dir), "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from_epoch, "checkpoint": str(checkpoint),
-            "history": result.history.epochs}
+            "history": result.history.epochs, "verdict": verdict, "reason": reason,
+            "estimated_seconds": result.estimated_seconds}
+
+
+def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:
+    head = f"val loss {start['val_loss']:.4f}, accuracy {start['val_accuracy']:.4f}"
+    if best_epoch < 0:
+        return (f"no epoch beat the head on validation (head: {head}); the head on the frozen "
+                "backbone is the model")
+    best = next(record for record in epochs if record["epoch"] == best_epoch)
+    return (f"epoch {best_epoch + 1} beat the head on validation: val loss "
+            f"{best['val_loss']:.4f}, accuracy {best['val_accuracy']:.4f} (head: {head})")
 
 
 def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback | None) -> dict:
@@ -115,4 +151,10 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
                   if result["epochs_run"] == 0 else
                   f"finetune: resumed after epoch {done} from {result['checkpoint']}")
         mlflow.log_metric("epochs_run", result["epochs_run"])
+        if result["estimated_seconds"] is not None:
+            mlflow.log_metric("estimated_seconds", result["estimated_seconds"])
+        summary = f"{result['verdict']}: {result['reason']}"
+        mlflow.set_tag("finetune.verdict", result["verdict"])
+        MlflowClient().set_tag(context.parent_run_id, tags.FINETUNE, summary[:4000])
+        print(f"finetune: {summary}")
         return {k: v for k, v in result.items() if k != "history"}

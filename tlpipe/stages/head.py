@@ -1,4 +1,8 @@
-"""head: the classifier head, trained on cached features with early stopping on validation."""
+"""head: the ladder of candidate heads on cached features; the best on validation is the head.
+
+Writes the chosen head (weights and spec), the leaderboard of every candidate, and the
+learning curve when the chosen head is a trained one. The test split is never read.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,26 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.fsio import file_sha256, write_atomic, write_json
-from tlpipe.head import class_order, train_head
+from tlpipe.head import class_order
+from tlpipe.ladder import Features, fit, score, select
 from tlpipe.paths import outputs_for, resolve
 from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 
 STAGE = __name__.rpartition(".")[2]
+
+
+def _features(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
+              ) -> Features:
+    x, y = load_split(plan, cache, split, classes)
+    rows = plan[plan["split"] == split]
+    return Features(x, y, rows["sha256"].to_numpy(), rows["view"].to_numpy())
 
 
 def compute(params: Params, project: Path) -> dict:
@@ -23,20 +37,26 @@ def compute(params: Params, project: Path) -> dict:
     plan = pd.read_parquet(out.plan)
     classes = class_order(plan["label"])
     cache = FeatureCache(resolve(project, params.features.cache_dir))
-    train_x, train_y = load_split(plan, cache, "train", classes)
-    val_x, val_y = load_split(plan, cache, "val", classes)
-    if len(val_x) == 0:
+    train, val = (_features(plan, cache, split, classes) for split in ("train", "val"))
+    if len(val) == 0:
         raise ValueError("split.val_fraction: the validation split is empty; raise it or add "
-                         "images, early stopping needs validation data")
-    head, history = train_head(train_x, train_y, val_x, val_y, len(classes), params.head,
-                               params.seed)
+                         "images, choosing a head and early stopping need validation data")
+    chosen, leaderboard = select(train, val, len(classes), params.head, params.seed)
+    head, spec, history = fit(chosen, train, val, len(classes), params.head, params.seed)
+    val_score = score(head, val, params.head.selection_metric)
     state = {k: v.contiguous() for k, v in head.state_dict().items()}
     write_atomic(out.head_weights, lambda path: save_file(state, str(path)))
-    write_json(out.head_history, {"epochs": history.epochs, "best_epoch": history.best_epoch})
-    best = history.epochs[history.best_epoch]
+    write_json(out.head_spec, {"spec": spec.to_dict(), "candidate": chosen.name,
+                               "settings": chosen.settings, "classes": classes,
+                               f"val_{params.head.selection_metric}": val_score})
+    # Timings go to MLflow and the console only: this file is compared across rebuilds.
+    write_json(out.leaderboard, [{k: v for k, v in row.to_dict().items() if k != "seconds"}
+                                 for row in leaderboard])
+    best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"], default=-1)
+    write_json(out.head_history, {"epochs": history, "best_epoch": best_epoch})
     return {"head": str(out.head_weights), "sha256": file_sha256(out.head_weights),
-            "best_epoch": history.best_epoch, "val_accuracy": best["val_accuracy"],
-            "val_loss": best["val_loss"], "history": history.epochs}
+            "chosen": chosen.name, "kind": spec.kind, "val_score": val_score,
+            "leaderboard": [row.to_dict() for row in leaderboard], "history": history}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -44,7 +64,12 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.log_params(flat_params("head", params.head))
         result = compute(params, project)
         log_history(result["history"], "head")
-        mlflow.log_metrics({"best_val_accuracy": result["val_accuracy"],
-                            "best_epoch": result["best_epoch"]})
+        mlflow.log_table(pd.DataFrame(result["leaderboard"]), "leaderboard.json")
+        mlflow.log_metric(f"val_{params.head.selection_metric}", result["val_score"])
+        mlflow.set_tag("head.chosen", result["chosen"])
+        MlflowClient().set_tag(context.parent_run_id, tags.HEAD, result["chosen"])
         mlflow.log_artifact(result["head"], "head")
+        print(f"head: {result['chosen']} chosen from {len(result['leaderboard'])} candidates, "
+              f"validation {params.head.selection_metric} {result['val_score']:.4f} "
+              f"(leaderboard: {outputs_for(params, project).leaderboard})")
         return {k: v for k, v in result.items() if k != "history"}

@@ -43,8 +43,10 @@ def write_model_card(params: Params, project: Path, facts: dict) -> Path:
 - Classes: {', '.join(metrics['classes'])}
 - Data version (manifest fingerprint): {facts.get(tags.DATA_FINGERPRINT, '?')}
 - Params hash: {params.digest()[:16]}; git commit: {facts.get(tags.GIT_COMMIT, '?')}
-- Training: head ({params.head.kind}) on cached features, then fine-tuning of the top
-  {params.finetune.unfreeze_blocks} blocks for up to {params.finetune.epochs} epochs.
+- Head: {facts.get(tags.HEAD, '?')}, chosen on validation data from the ladder
+  {', '.join(params.head.candidates)} on cached features.
+- Fine-tuning (top {params.finetune.unfreeze_blocks} blocks, up to {params.finetune.epochs}
+  epochs): {facts.get(tags.FINETUNE, '?')}
 
 ## Test split ({metrics['n_test']} images, never used to choose anything)
 accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f},
