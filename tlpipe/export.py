@@ -76,7 +76,11 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path, check_images: l
     metadata = target.with_suffix(target.suffix + ".json")
     write_json(metadata, {
         "source": source, "classes": spec.classes, "input": "pixels",
-        "input_layout": "float32 NCHW, RGB, resized, centre-cropped and normalised as below",
+        "input_layout": "float32 NCHW, RGB, "
+                        + ("the whole image resized to a square"
+                           if spec.preprocessing_config.resize == "resize"
+                           else "shorter side resized, centre-cropped")
+                        + ", normalised as below",
         "output": "probabilities, one column per class in the order of 'classes'",
         "preprocessing": spec.preprocessing, "opset": OPSET,
         "max_abs_difference_vs_pytorch": difference, "tolerance": PROBABILITY_TOLERANCE,

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from tlpipe.config import HeadConfig
-from tlpipe.head import HeadSpec, build_head, train_head
+from tlpipe.head import HeadSpec, TrainingHistory, build_head, train_head
 
 # The earlier of two candidates wins a tie: the simpler model, the cheaper fit.
 LADDER_ORDER = ("logistic", "linear", "knn", "mlp")
@@ -103,25 +103,27 @@ def candidates(config: HeadConfig) -> list[Candidate]:
 
 
 def fit(candidate: Candidate, train: Features, val: Features | None, num_classes: int,
-        config: HeadConfig, seed: int) -> tuple[nn.Module, HeadSpec, list[dict]]:
+        config: HeadConfig, seed: int) -> tuple[nn.Module, HeadSpec, TrainingHistory]:
     """The candidate fitted on its views of ``train``, as a torch head (``val`` is for early
-    stopping of the trained heads only); also its spec and, for a trained head, its history."""
+    stopping of the trained heads only); also its spec and its training history (empty but
+    for the trained heads)."""
     train = train.for_training(candidate.settings.get("views", "augmented"))
     in_features = train.x.shape[1]
     if candidate.kind == "logistic":
-        return (*_logistic(train, num_classes, candidate.settings["C"], config, seed), [])
+        return (*_logistic(train, num_classes, candidate.settings["C"], config, seed),
+                TrainingHistory())
     if candidate.kind == "knn":
         spec = HeadSpec("knn", in_features, num_classes, k=candidate.settings["k"],
                         references=len(train))
         head = build_head(spec)
         head.remember(train.x, train.y)
-        return head, spec, []
+        return head, spec, TrainingHistory()
     if val is None or len(val) == 0:
         raise ValueError("a trained head needs validation features for early stopping")
     spec = HeadSpec(candidate.kind, in_features, num_classes, config.hidden_dim,
                     config.dropout)
     head, history = train_head(train.x, train.y, val.x, val.y, spec, config, seed)
-    return head, spec, history.epochs
+    return head, spec, history
 
 
 def _logistic(train: Features, num_classes: int, c: float, config: HeadConfig, seed: int

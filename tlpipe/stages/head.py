@@ -52,11 +52,10 @@ def compute(params: Params, project: Path) -> dict:
     # Timings go to MLflow and the console only: this file is compared across rebuilds.
     write_json(out.leaderboard, [{k: v for k, v in row.to_dict().items() if k != "seconds"}
                                  for row in leaderboard])
-    best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"], default=-1)
-    write_json(out.head_history, {"epochs": history, "best_epoch": best_epoch})
+    write_json(out.head_history, {"epochs": history.epochs, "best_epoch": history.best_epoch})
     return {"head": str(out.head_weights), "sha256": file_sha256(out.head_weights),
             "chosen": chosen.name, "kind": spec.kind, "val_score": val_score,
-            "leaderboard": [row.to_dict() for row in leaderboard], "history": history}
+            "leaderboard": [row.to_dict() for row in leaderboard], "history": history.epochs}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
