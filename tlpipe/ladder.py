@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
@@ -27,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from tlpipe.config import HeadConfig
+from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.head import HeadSpec, TrainingHistory, build_head, train_head
 
 # The earlier of two candidates wins a tie: the simpler model, the cheaper fit.
@@ -81,6 +83,14 @@ class Features:
 
     def for_training(self, views: str) -> Features:
         return self.plain() if views == "plain" else self
+
+    @staticmethod
+    def from_plan(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
+                  ) -> Features:
+        """The cached vectors of every row of ``plan`` in ``split``."""
+        x, y = load_split(plan, cache, split, classes)
+        rows = plan[plan["split"] == split]
+        return Features(x, y, rows["sha256"].to_numpy(), rows["view"].to_numpy())
 
     @staticmethod
     def join(a: Features, b: Features) -> Features:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.backbones import Backbone, backbone_for
 from tlpipe.config import Params
-from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.feature_store import FeatureCache
 from tlpipe.features import FeatureSpec, extract_features, plan_views, save_plan, shard_of
 from tlpipe.fsio import write_json
 from tlpipe.head import class_order
@@ -66,9 +66,7 @@ def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
             # One plain view of each image, as evaluation would see it under this option.
             plan = plan_views(seen.assign(split="plain"), 1, feature_spec(params, backbone))
             _fill(params, project, plan, backbone, cache)
-            x, y = load_split(plan, cache, "plain", classes)
-            scores[option] = probe_score(Features(x, y, plan["sha256"].to_numpy(),
-                                                  plan["view"].to_numpy()),
+            scores[option] = probe_score(Features.from_plan(plan, cache, "plain", classes),
                                          len(classes), params.seed)
     chosen = max(options, key=lambda option: (scores.get(option, 0.0), option == "crop"))
     backbone = backbones[chosen]

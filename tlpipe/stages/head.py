@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from tlpipe import tags
 from tlpipe.config import Params
-from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, write_atomic, write_json
 from tlpipe.head import class_order
 from tlpipe.ladder import Features, fit, score, select
@@ -25,19 +25,12 @@ from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 STAGE = __name__.rpartition(".")[2]
 
 
-def _features(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
-              ) -> Features:
-    x, y = load_split(plan, cache, split, classes)
-    rows = plan[plan["split"] == split]
-    return Features(x, y, rows["sha256"].to_numpy(), rows["view"].to_numpy())
-
-
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
     plan = pd.read_parquet(out.plan)
     classes = class_order(plan["label"])
     cache = FeatureCache(resolve(project, params.features.cache_dir))
-    train, val = (_features(plan, cache, split, classes) for split in ("train", "val"))
+    train, val = (Features.from_plan(plan, cache, split, classes) for split in ("train", "val"))
     if len(val) == 0:
         raise ValueError("split.val_fraction: the validation split is empty; raise it or add "
                          "images, choosing a head and early stopping need validation data")
