@@ -20,7 +20,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tlpipe demo-data $(if $(DEMO_COPY),--from $(DEMO_COPY))
 	$(BIN)/tlpipe run
-	@echo "Browse the run: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db"
+	@echo "Browse the run: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db, then"
+	@echo "  http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 
 # Two workers, one test file each at a time: half the suite waits on servers and subprocesses,
 # so two files side by side use both cores (about 15 min in one process on 2 cores).

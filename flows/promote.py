@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks.artifacts import publish_promotion
 from tasks.promotion import (
     current_test_split,
     find_candidates,
@@ -52,4 +53,5 @@ def promote_flow(params: Params, project_dir: str = ".", version: str | None = N
     print(f"{decision.model_name} v{decision.challenger}: {decision.verdict.upper()}"
           f"{' (decided earlier, run ' + decision.run_id + ')' if decision.reused else ''}: "
           f"{decision.reason}")
+    publish_promotion(params.registry, asdict(decision))
     return asdict(decision)

@@ -11,10 +11,12 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType
 from prefect.runtime import flow_run
 from prefect.schedules import Cron, Interval
 from prefect.states import Completed
+from pydantic import ValidationError
 
 from flows.promote import promote_flow
 from flows.train import train_flow
@@ -93,15 +95,28 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1,
                                        collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
-def serve_retrain(project: Path, params_file: Path, cron: str | None = None,
-                  interval: int | None = None, timezone: str = "UTC") -> None:
+def retrain_schedule(cron: str | None, interval: int | None, timezone: str = "UTC"
+                     ) -> Cron | Interval:
+    """The schedule, checked now (Prefect would check it only once a server is up): a bad
+    cron string or time zone raises ValueError naming it."""
+    if cron is None:
+        return Interval(interval, timezone=timezone)
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError as error:
+        raise ValueError("; ".join(e["msg"] for e in error.errors())) from None
+    return Cron(cron, timezone=timezone)
+
+
+def serve_retrain(project: Path, params_file: Path, when: Cron | Interval,
+                  overrides: dict | None = None) -> None:
     """Serve until stopped; then stop what this process started as well (Prefect leaves the
     flow-run processes running when it is stopped with SIGTERM)."""
-    when = Cron(cron, timezone=timezone) if cron else Interval(interval, timezone=timezone)
     try:
         retrain_flow.serve(
             name=DEPLOYMENT, schedules=[when], global_limit=ONE_AT_A_TIME, limit=1,
-            parameters={"project_dir": str(project.resolve()), "params_file": str(params_file)},
+            parameters={"project_dir": str(project.resolve()), "params_file": str(params_file),
+                        "overrides": overrides},
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
     finally:

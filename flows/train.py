@@ -8,6 +8,8 @@ from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
 from flows.promote import promote_flow
+from tasks import artifacts
+from tasks.registry import check_same_classes
 from tasks.stages import features_shard, stage
 from tlpipe import tags
 from tlpipe.config import Params
@@ -26,21 +28,30 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
                 tags.PREFECT_FLOW_RUN_ID: str(flow_run.get_id()), tags.TRIGGER: "flow",
                 **lineage_tags(project, data_root(params, project))}
     with pipeline_run(params.tracking, project, "train", run_tags) as run:
-        stage.manifest(run, params, project)
-        stage.validate(run, params, project)
-        stage.augment(run, params, project)
+        # Outputs go to this run's own folder: a run never overwrites the DVC pipeline's
+        # outputs (nor dirties the git tree), whatever data or settings it was given.
+        settings = params.for_run(run.parent_run_id)
+        manifest = stage.manifest(run, settings, project)
+        check_same_classes(settings.registry, manifest["classes"])
+        try:
+            stage.validate(run, settings, project)
+        finally:  # the verdict, pass or fail, for the Prefect UI
+            artifacts.publish_validation(settings, project)
+        stage.augment(run, settings, project)
         if params.features.shards > 1:  # the cache filled part by part, then read whole
-            features_shard.map(unmapped(params), unmapped(project),
+            features_shard.map(unmapped(settings), unmapped(project),
                                range(params.features.shards)).result()
-        features = stage.features(run, params, project)
-        head = stage.head(run, params, project)
-        finetune = stage.finetune(run, params, project)
-        evaluation = stage.evaluate(run, params, project)
-        version = stage.register(run, params, project)
+        features = stage.features(run, settings, project)
+        head = stage.head(run, settings, project)
+        finetune = stage.finetune(run, settings, project)
+        evaluation = stage.evaluate(run, settings, project)
+        artifacts.publish_test_metrics(settings, evaluation)
+        version = stage.register(run, settings, project)
     # After the training run is closed, so a refused promotion never marks training FAILED.
     promotion = (promote_flow(params, project_dir, version=str(version["version"]))
                  if params.promotion.after_training else None)
-    return {"run_id": run.parent_run_id, "model": version, "features": features,
+    return {"run_id": run.parent_run_id, "outputs": str(project / settings.outputs_dir),
+            "model": version, "features": features,
             "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
             "test_macro_f1": evaluation["macro_f1"],
             "small_test_split": evaluation["small_test_split"], "promotion": promotion}

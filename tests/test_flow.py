@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -10,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
 
+from flows.promote import promote_flow
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
 from tlpipe import tracking
@@ -104,11 +109,23 @@ def test_second_run_reuses_every_cached_feature(trained):
     assert second["features"]["cached"] == first["features"]["computed"]
 
 
+def test_each_run_writes_its_own_outputs_folder_and_leaves_the_work_tree_clean(trained):
+    project, _, first, second = trained
+    assert Path(first["outputs"]) == project / "runs" / first["run_id"]
+    assert Path(second["outputs"]) == project / "runs" / second["run_id"]
+    assert not (project / "outputs").exists()  # the DVC pipeline's, untouched by flow runs
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                            cwd=project, capture_output=True, text=True, check=True).stdout
+    assert status == ""
+    run = MlflowClient().get_run(second["run_id"])
+    assert run.data.tags["git_dirty"] == "false"
+
+
 def test_gif_placeholder_is_quarantined_and_reported(trained):
-    project, *_ = trained
-    report = (project / "outputs" / "validation" / "report.md").read_text()
+    _, _, first, _ = trained
+    report = (Path(first["outputs"]) / "validation" / "report.md").read_text()
     assert "QUARANTINED" in report and "train/ants/imageNotFound.gif" in report
-    kept = pd.read_parquet(project / "outputs" / "validation" / "validated.parquet")
+    kept = pd.read_parquet(Path(first["outputs"]) / "validation" / "validated.parquet")
     assert "train/ants/imageNotFound.gif" not in set(kept["path"])
 
 
@@ -125,11 +142,11 @@ def test_registered_model_loads_without_pickles_and_classifies_real_images(train
 
 
 def test_zero_finetune_epochs_registers_the_head_on_the_frozen_backbone(trained):
-    project, params, _, _ = trained
+    project, params, first, _ = trained
     head_only = params.model_copy(update={
         "finetune": params.finetune.model_copy(update={"epochs": 0}),
         "outputs_dir": project / "outputs-head-only"})
-    shutil.copytree(project / "outputs", head_only.outputs_dir)
+    shutil.copytree(first["outputs"], head_only.outputs_dir)
     result = finetune.compute(head_only, project)
     assert result["epochs_run"] == 0 and result["history"] == []
     model, _ = load_classifier(Path(result["model_dir"]))
@@ -177,7 +194,7 @@ def test_failed_validation_stops_before_training_and_registers_nothing(tmp_path,
     project, run = _failing_run(tmp_path, {"registry": {"model_name": "never-registered"}},
                                 ValidationFailed, "decodable", add_empty_file)
     assert "train/bees/empty.jpg" in run.data.tags["failure_reason"]
-    assert not (project / "outputs" / "features").exists()
+    assert not list(project.glob("runs/*/features"))
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "validation")}
     assert "validation/report.md" in artifacts
 
@@ -190,3 +207,70 @@ def test_failure_after_validation_marks_the_run_failed_and_registers_nothing(tmp
                                      "backbone": backbone},
                           BackboneError, "weights_file")
     assert "backbone" in run.data.tags["failure_reason"]
+
+
+def test_the_version_carries_its_model_card_and_belongs_to_the_pipeline_run(trained):
+    project, params, first, _ = trained
+    tracking.configure(params.tracking, project)  # the failing runs above used other stores
+    client, name = MlflowClient(), params.registry.model_name
+    version = client.get_model_version(name, first["model"]["version"])
+    assert version.description.startswith(f"# Model card: {name}\n")
+    assert "| ants |" in version.description and "| bees |" in version.description
+    model = client.get_registered_model(name)
+    assert "ants, bees" in model.description and "tlpipe" in model.description
+    # What the run page shows as "Registered models": the versions whose run_id is the run
+    # (MLflow's GraphQL resolver for Run.modelVersions runs this very search).
+    listed = client.search_model_versions(f"run_id='{first['run_id']}'")
+    assert [(v.name, str(v.version)) for v in listed] == [(name, str(version.version))]
+    # Its "Logged models" table: the run's model outputs, each listing its versions.
+    model_id = version.source.removeprefix("models:/")
+    parent = client.get_run(first["run_id"])
+    assert [o.model_id for o in parent.outputs.model_outputs] == [model_id]
+    assert f'"version": "{version.version}"' in (
+        client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+
+
+def prefect_artifacts(flow_run_id: str) -> dict:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact for artifact in found}
+
+
+def test_a_flow_run_publishes_validation_and_test_figures_as_prefect_artifacts(trained):
+    project, params, first, _ = trained
+    tracking.configure(params.tracking, project)
+    flow_run_id = MlflowClient().get_run(first["run_id"]).data.tags["prefect_flow_run_id"]
+    found = prefect_artifacts(flow_run_id)
+    assert set(found) >= {"test-ants-bees-validation", "test-ants-bees-test-metrics",
+                          "test-ants-bees-test-per-class"}
+    validation = found["test-ants-bees-validation"]
+    assert validation.description.startswith("Data validation PASSED: ")
+    assert "QUARANTINED" in validation.data
+    metrics = found["test-ants-bees-test-metrics"]
+    assert f"accuracy {first['test_accuracy']:.4f}" in metrics.description
+    per_class = found["test-ants-bees-test-per-class"]
+    assert per_class.type == "table"
+    assert [row["class"] for row in json.loads(per_class.data)] == ["ants", "bees"]
+
+
+def test_a_promotion_publishes_its_verdict_as_a_prefect_artifact(trained):
+    project, params, _, _ = trained
+    decision = promote_flow(params, str(project))
+    flow_run_id = MlflowClient().get_run(decision["run_id"]).data.tags["prefect_flow_run_id"]
+    artifact = prefect_artifacts(flow_run_id)["test-ants-bees-promotion"]
+    assert artifact.description.startswith(f"v{decision['challenger']} "
+                                           f"{decision['verdict'].upper()}")
+    assert decision["reason"] in artifact.data and "| check | passed | detail |" in artifact.data
+
+
+def test_a_failed_validation_still_publishes_its_verdict(tmp_path, prefect_harness):
+    def add_empty_file(data):
+        (data / "train" / "bees" / "empty.jpg").write_bytes(b"")
+
+    _, run = _failing_run(tmp_path, {"registry": {"model_name": "Never_Registered 3"}},
+                          ValidationFailed, "decodable", add_empty_file)
+    found = prefect_artifacts(run.data.tags["prefect_flow_run_id"])
+    artifact = found["never-registered-3-validation"]  # the name made a key Prefect accepts
+    assert artifact.description.startswith("Data validation FAILED (decodable): ")
+    assert "train/bees/empty.jpg" in artifact.data

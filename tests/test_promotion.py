@@ -58,7 +58,8 @@ def trained(tmp_path_factory, prefect_harness):
     runs = {}
     for label, overrides in (("weak", WEAK), ("strong", {})):
         runs[label] = train_flow(load_params(project / "params.yaml", overrides), str(project))
-        models[label] = shutil.copytree(project / "outputs" / "model", base / f"{label}-model")
+        models[label] = shutil.copytree(Path(runs[label]["outputs"]) / "model",
+                                        base / f"{label}-model")
     tracking.configure(params.tracking, project)
     return SimpleNamespace(project=project, params=params, data=data, runs=runs, models=models,
                            base=base)

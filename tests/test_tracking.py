@@ -51,3 +51,20 @@ def test_runs_of_killed_processes_are_marked_failed_by_the_next_run(tmp_path):
     assert tracking.mark_abandoned_runs(context.experiment_id) == [context.parent_run_id]
     run = client.get_run(context.parent_run_id)
     assert run.info.status == "FAILED" and "killed" in run.data.tags["failure_reason"]
+
+
+def test_the_experiment_is_marked_as_model_training_unless_someone_chose_a_kind(tmp_path):
+    # The kind MLflow 3 gives model-training experiments, as opposed to GenAI ones.
+    experiment = tracking.configure(TrackingConfig(), tmp_path)
+    client = MlflowClient()
+
+    def kind() -> str | None:
+        return client.get_experiment(experiment).tags.get(tags.EXPERIMENT_KIND)
+
+    assert kind() == "custom_model_development"
+    client.delete_experiment_tag(experiment, tags.EXPERIMENT_KIND)  # as an older tlpipe left it
+    tracking.configure(TrackingConfig(), tmp_path)
+    assert kind() == "custom_model_development"
+    client.set_experiment_tag(experiment, tags.EXPERIMENT_KIND, "genai_development")
+    tracking.configure(TrackingConfig(), tmp_path)
+    assert kind() == "genai_development"

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from tlpipe.config import BackboneConfig
+from tlpipe.errors import SettingsError
 from tlpipe.fsio import file_sha256
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
-class BackboneError(RuntimeError):
+class BackboneError(SettingsError):
     """A backbone whose weights cannot be had, with what to do about it."""
 
 

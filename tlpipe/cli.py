@@ -1,41 +1,84 @@
 """The ``tlpipe`` command line.
 
 Heavy imports happen inside the commands, after the runtime defaults are applied: Prefect and
-MLflow read their settings when first imported.
+MLflow read their settings when first imported, and a command that only reads the registry
+should not pay for torch. Expected failures (``tlpipe.errors.TlpipeError``) end as their
+message and exit code; ``--verbose`` adds the traceback.
+
+Exit codes: 0 done; 1 failed or refused (data validation, the promotion gate, a server or lock,
+a rebuilt model that does not match); 2 unusable settings or arguments, including data whose
+classes differ from the registered model's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import traceback
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 import yaml
+from typer.core import TyperGroup
 
+from tlpipe.errors import TlpipeError
 from tlpipe.runtime import apply_runtime_defaults
 
+
+class _Commands(TyperGroup):
+    """Every command's expected failures end as their message and exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TlpipeError as error:
+            if _options["verbose"]:
+                traceback.print_exc()
+            typer.secho(str(error), fg=typer.colors.RED, err=True)
+            raise typer.Exit(error.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="tlpipe: turn folders of labelled images into a validated, tracked, registered "
-         "image classifier (Prefect + MLflow + Great Expectations + PyTorch).",
+         "image classifier (Prefect + MLflow + Great Expectations + PyTorch). Start with "
+         "`tlpipe init DIR --data FOLDER`, then `cd DIR && tlpipe run`.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,  # help texts name folders like [test/], which rich would eat
     pretty_exceptions_enable=False,
 )
+_options = {"verbose": False}
 
-ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Settings file.")]
+ParamsOption = Annotated[Path, typer.Option(
+    "--params", "-p", help="Settings file (default: params.yaml here, else built-in defaults).")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="Override one setting, e.g. --set finetune.epochs=0 (repeatable).")]
 
 
-def _registry_settings(params: Path):
+@app.callback()
+def _global(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the Python traceback of a failure.")] = False) -> None:
+    _options["verbose"] = verbose
+
+
+def _registry_settings(params: Path, pairs: list[str] | None = None):
     """Settings for the commands that read the registry, with MLflow pointed at the store."""
     apply_runtime_defaults(Path.cwd())
-    settings = _load(params)
+    settings = _load(params, pairs)
     from tlpipe import tracking
 
     tracking.configure(settings.tracking, Path.cwd())
     return settings
+
+
+def _flows():
+    """The flows, with Prefect's console logging tracebacks only under --verbose."""
+    from flows import start
+
+    if not _options["verbose"]:
+        start.hide_expected_tracebacks()
+    return start
 
 
 def _fail(message: str, code: int) -> None:
@@ -60,41 +103,60 @@ def _overrides(pairs: list[str] | None, data: Path | None) -> dict:
 
 
 def _load(params: Path, pairs: list[str] | None = None, data: Path | None = None):
-    from tlpipe.config import ConfigError, load_params, parse_params
+    from tlpipe.config import load_params, parse_params
 
-    try:
-        # Without a params.yaml in the project, the built-in defaults apply; a file named
-        # explicitly must exist (load_params says so, naming it).
-        if params.is_file() or params != Path("params.yaml"):
-            return load_params(params, _overrides(pairs, data))
-        return parse_params(_overrides(pairs, data), "built-in defaults")
-    except ConfigError as error:
-        _fail(str(error), 2)
+    # Without a params.yaml in the project, the built-in defaults apply; a file named
+    # explicitly must exist (load_params says so, naming it).
+    if params.is_file() or params != Path("params.yaml"):
+        return load_params(params, _overrides(pairs, data))
+    return parse_params(_overrides(pairs, data), "built-in defaults")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="The new project folder (new or empty).")],
+    data: Annotated[Path | None, typer.Option(
+        help="Your images: one folder per class (or train/ val/ [test/] of class folders).")
+    ] = None,
+    copy: Annotated[bool, typer.Option(
+        "--copy", help="Copy the images instead of hard-linking them (hard links use no "
+                       "space; a folder over 2 GiB that cannot be linked needs --copy).")
+    ] = False,
+) -> None:
+    """Start a project on your own images: git and DVC, params.yaml with your classes and a
+    model named after the folder, the DVC pipeline, the data pinned by `dvc add`, a first
+    commit. Then `cd DIRECTORY && tlpipe run`."""
+    from tlpipe.project import init_project
+
+    made = init_project(directory, data, copy)
+    typer.secho(f"Project {made.model_name} ready in {made.root}", fg=typer.colors.GREEN)
+    if made.classes:
+        typer.echo(f"  classes: {', '.join(made.classes)}")
+    typer.echo(f"  data: {made.data} ({made.placed}: {made.why})")
+    typer.echo(f"Next: cd {directory} && tlpipe run")
 
 
 @app.command()
 def run(
     params: ParamsOption = Path("params.yaml"),
     data: Annotated[Path | None, typer.Option(
-        help="Image folder (class folders, or train/ val/ [test/]); default: data.root.")] = None,
+        help="Image folder (class folders, or train/ val/ [test/]); default: data.root. "
+             "The model is still registry.model_name: data with other classes is refused.")
+    ] = None,
     set_: SetOption = None,
 ) -> None:
-    """Run the training flow: validate, extract features, train, fine-tune, evaluate, register."""
+    """Run the training flow: validate, extract features, train, fine-tune, evaluate, register,
+    promote. Outputs go to runs/<run id>/, never to the DVC pipeline's outputs/."""
     apply_runtime_defaults(Path.cwd())
     # A SIGTERM during the flow reaches Prefect's handler, which raises inside the flow: the
     # MLflow run is then marked FAILED with that reason (tests/test_kill_resume.py).
     settings = _load(params, set_, data)
-    from flows import start
+    start = _flows()
     from tlpipe.promotion import PromotionError
     from tlpipe.registry_lock import LockTimeout
-    from tlpipe.validation import ValidationFailed
 
     try:
         summary = start.train_flow(settings, str(Path.cwd()))
-    except ValidationFailed:
-        report = settings.outputs_dir / "validation" / "report.md"
-        _fail(f"Data validation failed (report above, in {report} and in MLflow); "
-              "nothing was trained or registered.", 1)
     except (PromotionError, LockTimeout) as error:
         _fail(f"The model was registered as @{settings.registry.alias}, but the promotion "
               f"could not run: {error}. Run `tlpipe promote` once that is fixed.", 1)
@@ -113,26 +175,35 @@ def run(
         f"Registered {model['name']} version {model['version']} as @{model['alias']}: "
         f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 "
         f"{summary['test_macro_f1']:.4f}. MLflow run {summary['run_id']}.", fg=typer.colors.GREEN)
+    typer.echo(f"Outputs (report, plots, model): {summary['outputs']}")
     if summary["promotion"]:
         _print_decision(summary["promotion"])
 
 
 @app.command()
 def validate(
-    data_dir: Annotated[Path, typer.Argument(help="Folder of class folders to check.")],
+    data_dir: Annotated[Path | None, typer.Argument(
+        help="Folder of class folders to check; default: data.root.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Where to write the HTML report; default: <runs_dir>/validate/report.html.")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
-    """Run the data validation gate alone. Exit 0 when it passes, 1 when it fails."""
+    """Run the data validation gate alone, on the settings' rules. Exit 0 when it passes, 1
+    when it fails; either way a markdown report here and an HTML page with a thumbnail of
+    every offending image."""
     apply_runtime_defaults(Path.cwd())
-    settings = _load(params)
-    from tlpipe.manifest import DataLayoutError
-    from tlpipe.validation import check_folder
+    settings = _load(params, set_)
+    from tlpipe.paths import data_root, resolve
+    from tlpipe.validation import check_folder, write_html_report
 
-    try:
-        report, _ = check_folder(data_dir, settings)
-    except DataLayoutError as error:
-        _fail(str(error), 1)
+    folder = data_dir or data_root(settings, Path.cwd())
+    report, _ = check_folder(folder, settings)
+    page = write_html_report(report, html or resolve(
+        Path.cwd(), settings.runs_dir / "validate" / "report.html"), folder)
     typer.echo(report.to_markdown())
+    typer.echo(f"HTML report: {page}")
     raise typer.Exit(0 if report.passed else 1)
 
 
@@ -144,13 +215,10 @@ def demo_data(
         "data/raw/hymenoptera_data"),
 ) -> None:
     """Get the ants-vs-bees demo data (download, or --from a local copy), checksum-verified."""
-    from tlpipe.demo_data import DemoDataError, fetch_demo_data, track_with_dvc
+    from tlpipe.demo_data import fetch_demo_data, track_with_dvc
 
-    try:
-        path = fetch_demo_data(dest, from_)
-        pointer = track_with_dvc(path)
-    except DemoDataError as error:
-        _fail(str(error), 1)
+    path = fetch_demo_data(dest, from_)
+    pointer = track_with_dvc(path)
     typer.echo(f"demo data ready at {path}" + (f", pinned by {pointer}" if pointer else ""))
 
 
@@ -169,6 +237,7 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Classify images with a registered model (the champion unless told otherwise)."""
     from tlpipe.batch_predict import image_files, predict_files
@@ -179,7 +248,7 @@ def predict(
     files = image_files(inputs)
     if not files:
         _fail(f"no image files in {', '.join(map(str, inputs))}", 2)
-    settings = _registry_settings(params)
+    settings = _registry_settings(params, set_)
     import mlflow
 
     name = model or settings.registry.model_name
@@ -239,6 +308,7 @@ def promote(
     ] = False,
     reason: Annotated[str | None, typer.Option(help="Why a forced promotion is needed.")] = None,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Score the challenger and the champion on the current test split and make the challenger
     champion if it passes the gate in params.yaml (promotion.*). Exit 0 when it is (or already
@@ -248,16 +318,9 @@ def promote(
     if reason and not force:
         _fail("--reason is only for --force; a gated promotion records the gate's reasons", 2)
     apply_runtime_defaults(Path.cwd())
-    settings = _load(params)
-    from flows import start
-    from tlpipe.promotion import PromotionError
-    from tlpipe.registry_lock import LockTimeout
-
-    try:
-        decision = start.promote_flow(settings, str(Path.cwd()), version,
-                                      reason if force else None)
-    except (PromotionError, LockTimeout) as error:
-        _fail(str(error), 1)
+    settings = _load(params, set_)
+    decision = _flows().promote_flow(settings, str(Path.cwd()), version,
+                                     reason if force else None)
     _print_decision(decision)
     raise typer.Exit(1 if decision["verdict"] == "refused" else 0)
 
@@ -266,21 +329,17 @@ def promote(
 def rollback(
     reason: Annotated[str, typer.Option(help="Why; recorded with the rollback.")] = "manual",
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Move the champion alias back to the previous champion, and record it in MLflow."""
-    settings = _registry_settings(params)
+    settings = _registry_settings(params, set_)
     from dataclasses import asdict
 
     from tlpipe import promotion, tracking
     from tlpipe.lineage import git_state
-    from tlpipe.registry_lock import LockTimeout
 
     experiment_id = tracking.configure(settings.tracking, Path.cwd())
-    try:
-        decision = promotion.rollback(settings, experiment_id, reason,
-                                      git_state(Path.cwd()))
-    except (promotion.PromotionError, LockTimeout) as error:
-        _fail(str(error), 1)
+    decision = promotion.rollback(settings, experiment_id, reason, git_state(Path.cwd()))
     _print_decision(asdict(decision))
 
 
@@ -289,17 +348,19 @@ def retrain(
     force: Annotated[bool, typer.Option(help="Retrain even if the data has not changed.")
                      ] = False,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Retrain if the data changed since the champion was trained (its DVC data version
     against the data now), then run the promotion gate. Exit 0 when skipped or promoted, 1
     when refused or failed. `tlpipe schedule` runs this on a schedule."""
     apply_runtime_defaults(Path.cwd())
-    _load(params)  # bad settings fail here, naming the key, before any flow starts
-    from flows import start
-
+    _load(params, set_)  # bad settings fail here, naming the key, before any flow starts
+    start = _flows()
     try:
-        outcome = start.retrain_flow(str(Path.cwd()), str(params), force)
-    except Exception as error:
+        outcome = start.retrain_flow(str(Path.cwd()), str(params), force, _overrides(set_, None))
+    except Exception as error:  # the outcome (failed, and why) is recorded by the flow
+        if _options["verbose"]:
+            traceback.print_exc()
         _fail(f"retrain failed: {error}", 1)
     colour = typer.colors.GREEN if outcome["outcome"] in ("promoted", "skipped") else \
         typer.colors.RED
@@ -315,6 +376,7 @@ def schedule(
     port: Annotated[int, typer.Option(
         help="Port of the Prefect server started when PREFECT_API_URL is not set.")] = 4200,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Serve the retrain flow on a schedule until stopped (Ctrl-C). Runs never overlap: a tick
     that comes while a retrain is running is cancelled. Without PREFECT_API_URL, a Prefect
@@ -325,23 +387,25 @@ def schedule(
         _fail("--interval must be a positive number of seconds", 2)
     project = Path.cwd()
     apply_runtime_defaults(project)
-    _load(params)
+    _load(params, set_)
     import os
 
     from tlpipe import stack
 
+    own_server = not os.environ.get("PREFECT_API_URL")
+    if own_server:  # before Prefect is imported: it reads PREFECT_API_URL then
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    start = _flows()
+    try:  # checked before any server starts
+        when = start.retrain_schedule(cron, interval, timezone)
+    except ValueError as error:
+        _fail(f"--cron {cron!r} / --timezone {timezone!r}: {error}", 2)
     with contextlib.ExitStack() as servers:
-        if not os.environ.get("PREFECT_API_URL"):
-            os.environ["PREFECT_API_URL"] = servers.enter_context(stack.prefect_server(
+        if own_server:
+            servers.enter_context(stack.prefect_server(
                 Path(os.environ["PREFECT_HOME"]), project / ".prefect" / "logs", port=port))
             typer.echo(f"Prefect server for this project: {os.environ['PREFECT_API_URL'][:-4]}")
-        # Only now: Prefect reads PREFECT_API_URL when it is first imported.
-        from flows import start
-
-        try:
-            start.serve_retrain(project, params, cron=cron, interval=interval, timezone=timezone)
-        except ValueError as error:  # Prefect's check of the cron string or time zone
-            _fail(f"--cron {cron!r} / --timezone {timezone!r}: {error}", 2)
+        start.serve_retrain(project, params, when, _overrides(set_, None))
 
 
 stack_app = typer.Typer(help="The team stack on loopback: Prefect server, work pool and worker; "
@@ -361,11 +425,8 @@ def stack_up(
     """Start the stack under .stack/ (idempotent), then `source .stack/team.env` to use it."""
     from tlpipe import stack
 
-    try:
-        state = stack.up(Path.cwd(), stack.Ports(prefect_port, mlflow_port, postgres_port),
-                         host, worker)
-    except stack.StackError as error:
-        _fail(str(error), 1)
+    state = stack.up(Path.cwd(), stack.Ports(prefect_port, mlflow_port, postgres_port),
+                     host, worker)
     typer.secho(f"Prefect: {state.prefect_api[:-4]}  MLflow: {state.mlflow_uri}  "
                 f"work pool: {stack.WORK_POOL}", fg=typer.colors.GREEN)
     typer.echo("Next: source .stack/team.env && prefect --no-prompt deploy --all")
@@ -394,13 +455,13 @@ def stack_status() -> None:
 
 
 @app.command()
-def models(params: ParamsOption = Path("params.yaml")) -> None:
+def models(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """List the registered versions: aliases, test metrics, data version, promotion verdicts."""
-    settings = _registry_settings(params)
+    settings = _registry_settings(params, set_)
     from rich.console import Console
     from rich.table import Table
 
-    from tlpipe.promotion import version_rows
+    from tlpipe.model_versions import version_rows
 
     rows = version_rows(settings.registry)
     if not rows:
@@ -422,31 +483,26 @@ def export(
     out: Annotated[Path | None, typer.Option(
         help="Output file; default: <name>-v<version>.onnx here.")] = None,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Write a registered model as a self-contained ONNX file plus a JSON of its classes and
     preprocessing, after checking ONNX Runtime against PyTorch on real images."""
     if format_ != "onnx":
         _fail(f"--format {format_!r}: only 'onnx' is supported", 2)
-    settings = _registry_settings(params)
+    settings = _registry_settings(params, set_)
     from tlpipe.batch_predict import image_files
-    from tlpipe.export import ExportError, export_onnx
+    from tlpipe.export import export_onnx
     from tlpipe.images import load_rgb
-    from tlpipe.lineage import LineageError, resolve_version
+    from tlpipe.lineage import resolve_version
     from tlpipe.paths import data_root
     from tlpipe.promotion import load_version
 
-    try:
-        version = resolve_version(model_uri)
-    except LineageError as error:
-        _fail(str(error), 1)
+    version = resolve_version(model_uri)
     model, spec = load_version(version.name, version.version)
     root = data_root(settings, Path.cwd())
     samples = [load_rgb(p) for p in image_files([root])[:8]] if root.is_dir() else []
     target = out or Path(f"{version.name}-v{version.version}.onnx")
-    try:
-        report = export_onnx(model, spec, target, samples, model_uri)
-    except ExportError as error:
-        _fail(str(error), 1)
+    report = export_onnx(model, spec, target, samples, model_uri)
     typer.secho(f"wrote {report.onnx_file} and {report.metadata_file}", fg=typer.colors.GREEN)
     typer.echo(f"ONNX Runtime vs PyTorch on {report.inputs_checked} inputs "
                f"({len(samples)} real images): max |difference| of probabilities "
@@ -454,16 +510,13 @@ def export(
 
 
 @app.command()
-def lineage(model_uri: ModelUri, params: ParamsOption = Path("params.yaml")) -> None:
+def lineage(model_uri: ModelUri, params: ParamsOption = Path("params.yaml"),
+            set_: SetOption = None) -> None:
     """Print where a registered model came from: commit, data version, params, metrics."""
-    _registry_settings(params)
-    from tlpipe.lineage import LineageError
+    _registry_settings(params, set_)
     from tlpipe.lineage import lineage as find_lineage
 
-    try:
-        typer.echo("\n".join(find_lineage(model_uri).lines()))
-    except LineageError as error:
-        _fail(str(error), 1)
+    typer.echo("\n".join(find_lineage(model_uri).lines()))
 
 
 @app.command()
@@ -471,17 +524,14 @@ def reproduce(
     model_uri: ModelUri,
     keep: Annotated[bool, typer.Option(help="Keep the worktree for inspection.")] = False,
     params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Rebuild a registered model with `dvc repro` at its commit and data, in a separate git
     worktree, and report whether the rebuilt metrics match. Exit 0 on a match, 1 otherwise."""
-    _registry_settings(params)
-    from tlpipe.lineage import LineageError
+    _registry_settings(params, set_)
     from tlpipe.lineage import reproduce as rebuild
 
-    try:
-        result = rebuild(model_uri, Path.cwd(), keep)
-    except LineageError as error:
-        _fail(str(error), 1)
+    result = rebuild(model_uri, Path.cwd(), keep)
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
     for key in result.registered:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tlpipe.errors import SettingsError
+
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A params file that cannot be used, with the offending key in the message."""
 
 
@@ -155,8 +158,15 @@ class EvaluationConfig(Section):
 Alias = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
 
 
+def model_name_for(folder_name: str) -> str:
+    """A registry name from a data folder's name: "My Pets!" -> "my-pets"."""
+    return re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-._") or "model"
+
+
 class RegistryConfig(Section):
-    model_name: str = Field("ants-bees", min_length=1)
+    # Not given: named after the data folder (Params fills it in), so other data never lands
+    # in a model of another name by accident.
+    model_name: str = Field(min_length=1)
     alias: Alias = "challenger"           # every newly trained version
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
     previous_alias: Alias = "previous"    # the champion before the current one
@@ -201,7 +211,8 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 42
-    outputs_dir: Path = Path("outputs")
+    outputs_dir: Path = Path("outputs")  # the DVC stages' outputs (dvc.yaml names them)
+    runs_dir: Path = Path("runs")        # each `tlpipe run` writes its outputs in runs/<run id>
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -211,14 +222,32 @@ class Params(Section):
     head: HeadConfig = HeadConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    registry: RegistryConfig = RegistryConfig()
+    registry: RegistryConfig
     promotion: PromotionConfig = PromotionConfig()
     retrain: RetrainConfig = RetrainConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_model_after_data(cls, raw: object) -> object:
+        if not isinstance(raw, dict):
+            return raw
+        registry = raw.get("registry") or {}
+        if not isinstance(registry, dict) or registry.get("model_name") is not None:
+            return raw
+        data = raw.get("data") or {}
+        root = Path(data.get("root", DataConfig().root) if isinstance(data, dict) else ".")
+        return {**raw, "registry": {**registry, "model_name": model_name_for(root.name)}}
+
     def digest(self) -> str:
-        """A stable hash of every setting, used to tag runs and key caches."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """A stable hash of every setting that shapes the model (not where files are written),
+        used to tag runs."""
+        return hashlib.sha256(self.model_dump_json(
+            exclude={"outputs_dir", "runs_dir"}).encode()).hexdigest()
+
+    def for_run(self, run_id: str) -> Params:
+        """These settings with the outputs in this run's own folder under ``runs_dir``."""
+        return self.model_copy(update={"outputs_dir": self.runs_dir / run_id})
 
     def section_digest(self, *names: str) -> str:
         payload = {name: getattr(self, name).model_dump(mode="json") for name in names}

@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from tlpipe.commands import python_tool, run_command
+from tlpipe.errors import TlpipeError
 
 
-class DataVersionError(RuntimeError):
+class DataVersionError(TlpipeError):
     pass
 
 

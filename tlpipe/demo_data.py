@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from tlpipe.commands import python_tool, run_command
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import file_sha256
 
 DEMO_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
@@ -21,7 +22,7 @@ DEMO_TREE_SHA256 = "4ec16fbdea39bd9098ca879402ab57d181d329876a7aea71b553e2669357
 DEMO_FILES = 398
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(TlpipeError):
     pass
 
 

@@ -41,12 +41,13 @@ def _save_figure(figure: plt.Figure, target: Path) -> Path:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], target: Path) -> Path:
+    """Rows actual, columns predicted (scikit-learn's layout), as the DVC plot in dvc.yaml."""
     values = np.array(matrix)
     size = max(4.0, 0.6 * len(classes) + 2.5)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(values, cmap="Blues")
     axis.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
-             yticklabels=classes, xlabel="predicted", ylabel="true",
+             yticklabels=classes, xlabel="predicted", ylabel="actual",
              title=f"Confusion matrix (test, n={values.sum()})")
     threshold = values.max() / 2 if values.size else 0
     for (row, column), count in np.ndenumerate(values):
@@ -55,18 +56,33 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], target: P
     return _save_figure(figure, target)
 
 
-def plot_learning_curves(histories: dict[str, list[dict]], target: Path) -> Path:
-    """One column per training stage: losses above, validation accuracy below."""
-    stages = {name: epochs for name, epochs in histories.items() if epochs}
+def curve_points(history: dict) -> list[dict]:
+    """A training history as plotted (PNG and DVC alike): epoch N is after N epochs of training,
+    so the records' 0-based indices shift by one, and epoch 0 is the validation of the starting
+    model (``start``, if recorded): the baseline fine-tuning must beat, with no training loss."""
+    start = history.get("start")
+    before = [{"epoch": 0, "train_loss": None, **start}] if start else []
+    return before + [{**record, "epoch": record["epoch"] + 1} for record in history["epochs"]]
+
+
+def _series(points: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """The (epochs, values) of one figure, skipping epochs without it (no train loss at 0)."""
+    pairs = [(point["epoch"], point[key]) for point in points if point.get(key) is not None]
+    return [epoch for epoch, _ in pairs], [value for _, value in pairs]
+
+
+def plot_learning_curves(curves: dict[str, list[dict]], target: Path) -> Path:
+    """One column per training stage (points from ``curve_points``): losses above, validation
+    accuracy below."""
+    stages = {name: points for name, points in curves.items() if points}
     figure, axes = plt.subplots(2, max(len(stages), 1), figsize=(5 * max(len(stages), 1), 6),
                                 squeeze=False)
-    for column, (name, epochs) in enumerate(stages.items()):
-        x = [e["epoch"] + 1 for e in epochs]
-        axes[0, column].plot(x, [e["train_loss"] for e in epochs], label="train loss")
-        axes[0, column].plot(x, [e["val_loss"] for e in epochs], label="val loss")
+    for column, (name, points) in enumerate(stages.items()):
+        axes[0, column].plot(*_series(points, "train_loss"), marker="o", label="train loss")
+        axes[0, column].plot(*_series(points, "val_loss"), marker="o", label="val loss")
         axes[0, column].set(title=f"{name}: loss", xlabel="epoch")
         axes[0, column].legend()
-        axes[1, column].plot(x, [e["val_accuracy"] for e in epochs], color="tab:green")
+        axes[1, column].plot(*_series(points, "val_accuracy"), marker="o", color="tab:green")
         axes[1, column].set(title=f"{name}: validation accuracy", xlabel="epoch", ylim=(0, 1.02))
         for axis in axes[:, column]:
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import atomic_path, write_json
 from tlpipe.model_io import ModelSpec
 from tlpipe.preprocess import eval_transform
@@ -20,7 +21,7 @@ PROBABILITY_TOLERANCE = 1e-4
 OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(TlpipeError):
     pass
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The header check below is our bomb guard; PIL's own limit would raise before we can report.
 Image.MAX_IMAGE_PIXELS = None
@@ -45,7 +45,31 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
                 to_rgb(image)
             return ImageInfo(fmt, width, height, mode, True, None)
     except Exception as error:  # any decoder failure means "not decodable", with its reason
-        return ImageInfo(None, None, None, None, False, f"{type(error).__name__}: {error}")
+        return ImageInfo(None, None, None, None, False, _decode_error(data, error))
+
+
+def _decode_error(data: bytes, error: Exception) -> str:
+    """Why a file does not decode, in words: PIL's own message names the in-memory buffer
+    (``<_io.BytesIO object at 0x...>``), which tells the reader nothing and changes every run."""
+    if not data:
+        return "empty file (0 bytes)"
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image (PIL cannot identify it)"
+    if "truncated" in str(error):
+        return "truncated image: the file ends before its image data does"
+    return f"cannot be decoded: {type(error).__name__}: {error}"
+
+
+def thumbnail_jpeg(data: bytes, side: int = 128) -> bytes:
+    """A small RGB JPEG of an image for reports. Only for data ``inspect_image`` found
+    decodable: there is no pixel guard here."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (side, side))  # JPEGs then decode at 1/2..1/8 scale
+        rgb = to_rgb(image)
+        rgb.thumbnail((side, side))
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.commands import python_tool, run_command
 from tlpipe.data_version import pointer_md5
+from tlpipe.errors import TlpipeError
 
 # Registered metrics are compared at the precision the parent run logged them (float64).
 METRIC_TOLERANCE = 1e-9
@@ -50,7 +51,7 @@ def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
     return found
 
 
-class LineageError(RuntimeError):
+class LineageError(TlpipeError):
     pass
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tlpipe.config import DataConfig, SplitConfig
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import write_atomic
 from tlpipe.images import inspect_image
 
@@ -26,7 +27,7 @@ COLUMNS = [
 ]
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(TlpipeError):
     """A data folder that is not a folder of class folders."""
 
 
@@ -40,8 +41,9 @@ class Layout:
 
 def detect_layout(root: Path, data: DataConfig) -> Layout:
     if not root.is_dir():
-        raise DataLayoutError(f"data.root: {root} is not a folder; run `tlpipe demo-data` or "
-                              "pass --data pointing at a folder of class folders")
+        raise DataLayoutError(f"{root} is not a folder: point data.root (or the folder named "
+                              "on the command line) at a folder of class folders; "
+                              "`tlpipe demo-data` gets the demo's")
     present = tuple(split for split in SPLITS if (root / split).is_dir())
     if present and "train" not in present:
         raise DataLayoutError(f"{root}: has {present} but no train/ folder")
@@ -50,6 +52,13 @@ def detect_layout(root: Path, data: DataConfig) -> Layout:
         entry.name for parent in parents for entry in parent.iterdir()
         if entry.is_dir() and not _ignored(entry.name, data)
     })
+    if not classes:
+        # Caught here: the class checks would only say "found []" without naming the folder.
+        searched = " or ".join(str(parent) for parent in parents)
+        raise DataLayoutError(
+            f"no class folders found in {searched}: expected one folder per class holding its "
+            f"images ({root}/<class>/<image>), or train/ val/ [test/] folders that each hold "
+            "the class folders (train/<class>/<image>)")
     return Layout(present, tuple(classes))
 
 

@@ -18,6 +18,7 @@ class Outputs:
     validated = property(lambda self: self.root / "validation" / "validated.parquet")
     report_md = property(lambda self: self.root / "validation" / "report.md")
     report_json = property(lambda self: self.root / "validation" / "report.json")
+    report_html = property(lambda self: self.root / "validation" / "report.html")
     preview = property(lambda self: self.root / "augment" / "preview.png")
     plan = property(lambda self: self.root / "features" / "plan.parquet")
     head_weights = property(lambda self: self.root / "head" / "head.safetensors")

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import sha256_text
 from tlpipe.gate import Check, GateResult, Scores, apply_gate
 from tlpipe.manifest import manifest_fingerprint
 from tlpipe.metrics import small_split_warning
 from tlpipe.model_io import SPEC_FILE, Classifier, ModelSpec, load_classifier
+from tlpipe.model_versions import alias_version
 from tlpipe.paths import data_root
 from tlpipe.registry_lock import registry_lock
 from tlpipe.tracking import finishing, start_parent_run
@@ -39,7 +40,7 @@ from tlpipe.validation import ValidationFailed, check_folder
 PROMOTING_VERDICTS = ("promoted", "forced")
 
 
-class PromotionError(RuntimeError):
+class PromotionError(TlpipeError):
     """A promotion that cannot go ahead; the message says why and what to do."""
 
 
@@ -73,15 +74,6 @@ class Candidates:
     model_name: str
     challenger: str
     champion: str | None
-
-
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
 
 
 def find_candidates(registry: RegistryConfig, version: str | None = None) -> Candidates:
@@ -385,34 +377,3 @@ def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[st
         else:
             client.delete_registered_model_alias(name, registry.previous_alias)
     return decision
-
-
-# --- the table of versions -----------------------------------------------------------------
-
-def version_rows(registry: RegistryConfig) -> list[dict[str, str]]:
-    """One row per version, newest first: aliases, metrics at training, data, verdict."""
-    client = MlflowClient()
-    versions: list[ModelVersion] = client.search_model_versions(
-        f"name = '{registry.model_name}'")
-    aliases: dict[str, list[str]] = {}
-    if versions:  # search results carry no aliases; the registered model has them all
-        for alias, version in client.get_registered_model(registry.model_name).aliases.items():
-            aliases.setdefault(str(version), []).append(alias)
-    rows = []
-    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        version_tags = version.tags
-        verdict = version_tags.get(tags.VERDICT, "-")
-        if tags.ROLLED_BACK_BY in version_tags:
-            verdict += " (rolled back)"
-        rows.append({
-            "version": str(version.version),
-            "aliases": ", ".join(sorted(aliases.get(str(version.version), []))) or "-",
-            "accuracy": version_tags.get("test_accuracy", "-"),
-            "macro_f1": version_tags.get("test_macro_f1", "-"),
-            "data": version_tags.get(tags.DATA_DVC_MD5,
-                                     version_tags.get(tags.DATA_FINGERPRINT, "-"))[:12],
-            "commit": version_tags.get(tags.GIT_COMMIT, "-")[:8],
-            "verdict": verdict,
-            "decision": version_tags.get(tags.SUMMARY, ""),
-        })
-    return rows

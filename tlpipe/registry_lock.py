@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tlpipe.errors import TlpipeError
 from tlpipe.tracking import process_alive
 
 LOCK_SUFFIX = ".promotion-lock"
 
 
-class LockTimeout(TimeoutError):
+class LockTimeout(TlpipeError, TimeoutError):
     pass
 
 

@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.data_version import DataVersion, pointer_md5, record_data_version
+from tlpipe.model_versions import alias_version
 from tlpipe.paths import data_root
-from tlpipe.promotion import PROMOTING_VERDICTS, alias_version
+from tlpipe.promotion import PROMOTING_VERDICTS
 
 
 @dataclass(frozen=True)

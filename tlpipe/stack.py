@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from tlpipe.commands import python_tool, run_command
+from tlpipe.errors import TlpipeError
 from tlpipe.runtime import runtime_defaults
 
 STACK_DIR = ".stack"
@@ -33,7 +34,7 @@ QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
          "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-class StackError(RuntimeError):
+class StackError(TlpipeError):
     pass
 
 

@@ -33,4 +33,8 @@ ROLLED_BACK_BY, RESTORED_BY = "promotion.rolled_back_by", "promotion.restored_by
 KIND, STAGE, PID, HOST, SESSION = ("tlpipe.kind", "tlpipe.stage", "tlpipe.pid", "tlpipe.host",
                                    "tlpipe.session")
 CHAMPION_HISTORY, DECISION_KEY = "tlpipe.champion_history", "tlpipe.decision_key"
+CLASSES = "tlpipe.classes"               # on the registered model: its class list, as JSON
 PARENT_RUN = "mlflow.parentRunId"        # MLflow's own: how the UI nests child runs
+# MLflow's own, on the experiment: it holds model training, not GenAI work (traces, judges).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+MODEL_VERSIONS = "mlflow.modelVersions"  # MLflow's own, on a logged model: its versions

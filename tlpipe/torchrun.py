@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch import distributed
 
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import write_json
 
 
-class DistributedError(RuntimeError):
+class DistributedError(TlpipeError):
     pass
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import traceback
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 
 from tlpipe import tags
 from tlpipe.config import TrackingConfig
+from tlpipe.errors import TlpipeError
 
 # mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment, so the user's
 # own setting must be read before tlpipe sets anything.
@@ -39,21 +41,44 @@ def tracking_uri(tracking: TrackingConfig, project_dir: Path) -> str:
     return uri
 
 
+class TrackingUnavailable(TlpipeError):
+    """The MLflow tracking server does not answer."""
+
+
+def _check_reachable(uri: str, timeout_s: float = 10) -> None:
+    """Fail in seconds, naming the server: MLflow's own retries take minutes to give up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server {uri} does not answer ({error}): start it (`tlpipe "
+            "stack up` for the team stack), or unset MLFLOW_TRACKING_URI to use the "
+            "project's own store (tracking.tracking_uri in params.yaml)") from None
+
+
 def configure(tracking: TrackingConfig, project_dir: Path) -> str:
     """Point MLflow at the store and return the experiment id (creating it if needed)."""
     uri = tracking_uri(tracking, project_dir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _check_reachable(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
+        # One made by an older tlpipe has no kind yet; a kind someone chose stays.
+        if tags.EXPERIMENT_KIND not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, tags.EXPERIMENT_KIND,
+                                      tags.MODEL_TRAINING)
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, inside the project
         artifacts = (project_dir / tracking.artifact_root).resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
         location = artifacts.as_uri()
-    return client.create_experiment(tracking.experiment, artifact_location=location)
+    return client.create_experiment(tracking.experiment, artifact_location=location,
+                                    tags={tags.EXPERIMENT_KIND: tags.MODEL_TRAINING})
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,21 @@ became too small.
 
 from __future__ import annotations
 
+import base64
+import html
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 
-from tlpipe.config import Params, ValidationConfig
+from tlpipe.config import Params, RuleName, ValidationConfig
+from tlpipe.errors import TlpipeError
+from tlpipe.fsio import write_text
+from tlpipe.images import thumbnail_jpeg
 from tlpipe.manifest import build_manifest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -30,6 +38,50 @@ class RuleOutcome:
     description: str
     offenders: list[dict] = field(default_factory=list)  # {"path" or "label", "detail"}
 
+    @property
+    def status(self) -> str:
+        return "ok" if self.passed else (
+            "QUARANTINED" if self.action == "quarantine" else "FAILED")
+
+
+QUARANTINABLE = frozenset(get_args(RuleName))
+
+# What to change for each rule, naming the params.yaml setting that controls it.
+_FIX = {
+    "decodable": "re-export or delete these files",
+    "format": "convert them to an allowed format, or add theirs to "
+              "`validation.allowed_formats` in params.yaml",
+    "min_side": "use larger images, or lower `validation.min_side` in params.yaml",
+    "max_pixels": "downscale them, or raise `validation.max_pixels` in params.yaml if you "
+                  "trust them",
+    "inside_root": "copy the linked files into the data folder instead of linking to them",
+    "duplicates": "keep one copy, in the right class folder",
+    "class_count": "give the data folder at least two class folders",
+    "min_images_per_class": "add images to these classes, or lower "
+                            "`validation.min_images_per_class` in params.yaml",
+    "class_imbalance": "add images to the small classes, or raise "
+                       "`validation.max_class_imbalance` in params.yaml",
+    "expected_classes": "rename the class folders, or change `data.expected_classes` in "
+                        "params.yaml",
+}
+
+
+def fix_hint(outcome: RuleOutcome) -> str:
+    """How to fix a failed rule; quarantining is offered only where a file can be left out."""
+    hint = _FIX[outcome.rule]
+    if outcome.rule in QUARANTINABLE:
+        hint += (f"; or add `{outcome.rule}` to `validation.quarantine` in params.yaml to "
+                 "exclude these files and train on the rest")
+    return hint
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def _where(offender: dict) -> str:
+    return offender.get("path") or f"class {offender.get('label')!r}"
+
 
 @dataclass
 class ValidationReport:
@@ -37,6 +89,7 @@ class ValidationReport:
     total_files: int
     kept_files: int
     outcomes: list[RuleOutcome]
+    class_counts: dict[str, int] = field(default_factory=dict)  # after quarantine
 
     @property
     def quarantined(self) -> list[dict]:
@@ -46,35 +99,53 @@ class ValidationReport:
     def failures(self) -> list[RuleOutcome]:
         return [r for r in self.outcomes if not r.passed and r.action == "fail"]
 
+    @property
+    def verdict(self) -> str:
+        return "PASSED" if self.passed else "FAILED"
+
+    @property
+    def summary(self) -> str:
+        if not self.passed:
+            return (f"{self.total_files} files scanned. Validation failed: nothing will be "
+                    "trained until the failures below are fixed.")
+        excluded = self.total_files - self.kept_files
+        return (f"{self.total_files} files scanned, {self.kept_files} kept for training"
+                + (f", {excluded} quarantined." if excluded else "."))
+
     def to_dict(self) -> dict:
         return {"passed": self.passed, "total_files": self.total_files,
-                "kept_files": self.kept_files, "rules": [asdict(r) for r in self.outcomes]}
+                "kept_files": self.kept_files, "class_counts": self.class_counts,
+                "rules": [asdict(r) for r in self.outcomes]}
 
-    def to_markdown(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
-        lines = [f"# Data validation: {verdict}", "",
-                 f"{self.total_files} files scanned, {self.kept_files} kept for training.", ""]
+    def to_markdown(self, listed: int = 10) -> str:
+        """The report for terminals and MLflow: at most ``listed`` offenders per rule."""
+        lines = [f"# Data validation: {self.verdict}", "", self.summary, ""]
+        if self.class_counts:
+            lines += ["Images per class: " + ", ".join(
+                f"{label} {count}" for label, count in self.class_counts.items()), ""]
         for outcome in self.outcomes:
-            status = "ok" if outcome.passed else (
-                "QUARANTINED" if outcome.action == "quarantine" else "FAILED")
-            lines.append(f"- [{status}] {outcome.rule}: {outcome.description}")
-            for offender in outcome.offenders:
-                where = offender.get("path") or f"class {offender.get('label')!r}"
-                lines.append(f"    - {where}: {offender['detail']}")
-        if not self.passed:
-            lines += ["", "Fix or remove the files named above, or list the rule under "
-                          "validation.quarantine in params.yaml to exclude offenders instead."]
+            files = f" ({_files(len(outcome.offenders))})" if (
+                outcome.level == "file" and outcome.offenders) else ""
+            lines.append(f"- [{outcome.status}] {outcome.rule}: {outcome.description}{files}")
+            if outcome.status == "FAILED":
+                lines.append(f"    - fix: {fix_hint(outcome)}")
+            lines += [f"    - {_where(o)}: {o['detail']}" for o in outcome.offenders[:listed]]
+            if len(outcome.offenders) > listed:
+                lines.append(f"    - and {len(outcome.offenders) - listed} more "
+                             "(all in report.json / report.html)")
         return "\n".join(lines) + "\n"
 
 
-class ValidationFailed(RuntimeError):
-    def __init__(self, report: ValidationReport):
+class ValidationFailed(TlpipeError):
+    def __init__(self, report: ValidationReport, page: Path | None = None):
         def named(rule: RuleOutcome) -> str:
-            where = [o.get("path") or f"class {o.get('label')}" for o in rule.offenders]
+            where = [_where(o) for o in rule.offenders]
             more = f" and {len(where) - 5} more" if len(where) > 5 else ""
             return f"{rule.rule}: {', '.join(where[:5])}{more}"
 
-        super().__init__("data validation failed: " + "; ".join(map(named, report.failures)))
+        super().__init__("data validation failed: " + "; ".join(map(named, report.failures))
+                         + (f". Report with thumbnails: {page}" if page else "")
+                         + ". Nothing was trained or registered.")
         self.report = report
 
 
@@ -198,12 +269,18 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
             offenders = [{"label": ",".join(classes) or "(none)",
                           "detail": f"{len(classes)} class folder(s) found; need at least 2"}]
         if rule == "expected_classes" and not success:
-            offenders = [{"label": ",".join(classes), "detail": f"found {classes}, expected "
-                                                                f"{sorted(expected_classes)}"}]
+            missing = sorted(set(expected_classes) - set(classes))
+            unexpected = sorted(set(classes) - set(expected_classes))
+            offenders = (
+                [{"label": label, "detail": "expected, but no such class folder"}
+                 for label in missing]
+                + [{"label": label, "detail": "class folder not in data.expected_classes"}
+                   for label in unexpected])
         outcomes.append(RuleOutcome(rule, "class", success, "fail", description, offenders))
 
     passed = all(o.passed or o.action == "quarantine" for o in outcomes)
-    report = ValidationReport(passed, len(manifest), len(kept), outcomes)
+    counts = {label: int(count) for label, count in by_label["count"].items()}
+    report = ValidationReport(passed, len(manifest), len(kept), outcomes, counts)
     return report, kept
 
 
@@ -212,3 +289,107 @@ def check_folder(root: Path, params: Params) -> tuple[ValidationReport, pd.DataF
     Returns the report and the rows kept; nothing is written."""
     manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
     return validate_manifest(manifest, params.validation, params.data.expected_classes)
+
+
+# --- the HTML report ---------------------------------------------------------------------
+
+MAX_THUMBNAILS = 500  # keeps the page a few MB whatever the number of offenders
+# Never decoded for the page: broken, a decompression bomb, or a file outside the data folder.
+_NOT_SHOWN = {"decodable", "max_pixels", "inside_root"}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+.passed{color:#1a7f37}.failed{color:#cf222e}.quarantined{color:#9a6700}
+table{border-collapse:collapse;margin:1rem 0}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
+td:first-child{font-weight:bold}
+.grid{display:flex;flex-wrap:wrap;gap:.75rem}
+figure{margin:0;width:168px;border:1px solid #ddd;padding:.4rem;font-size:.8rem;
+overflow-wrap:anywhere}
+figure img{display:block;margin:auto;max-width:128px;max-height:128px}
+figure ul{padding-left:1rem;margin:.3rem 0}
+.placeholder{width:128px;height:128px;margin:auto;display:flex;align-items:center;
+justify-content:center;text-align:center;background:#f6f8fa;border:1px dashed #999;
+font-size:.75rem;overflow:hidden}
+"""
+
+
+def _html_text(text: str) -> str:
+    """Escaped text, with the `settings` the hints name set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _offending_files(report: ValidationReport) -> dict[str, list[tuple[RuleOutcome, str]]]:
+    """Each offending or quarantined file once, with every rule it broke and why."""
+    files: dict[str, list[tuple[RuleOutcome, str]]] = {}
+    for outcome in report.outcomes:
+        if outcome.level == "file":
+            for offender in outcome.offenders:
+                files.setdefault(offender["path"], []).append((outcome, offender["detail"]))
+    return files
+
+
+def _picture(root: Path, path: str, broken: list[tuple[RuleOutcome, str]]) -> str:
+    reason = next((detail for outcome, detail in broken if outcome.rule in _NOT_SHOWN), None)
+    if reason is None:
+        try:
+            data = base64.b64encode(thumbnail_jpeg((root / path).read_bytes())).decode()
+            return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(path)}">'
+        except Exception as error:  # changed or gone since the scan: the page still gets written
+            reason = f"cannot show it now: {error}"
+    return f'<div class="placeholder">{html.escape(reason)}</div>'
+
+
+def _rules_list(broken: list[tuple[RuleOutcome, str]]) -> str:
+    return "".join(f'<li class="{o.status.lower()}">{html.escape(o.rule)}: '
+                   f"{html.escape(detail)}</li>" for o, detail in broken)
+
+
+def render_html(report: ValidationReport, root: Path,
+                max_thumbnails: int = MAX_THUMBNAILS) -> str:
+    """The report as one self-contained page: inline CSS, thumbnails as data: URIs."""
+    checks = []
+    for outcome in report.outcomes:
+        found = (f"{_files(len(outcome.offenders))}, shown below" if outcome.level == "file"
+                 else "<br>".join(html.escape(f"{_where(o)}: {o['detail']}")
+                                  for o in outcome.offenders)) if outcome.offenders else ""
+        fix = _html_text(fix_hint(outcome)) if outcome.status == "FAILED" else ""
+        checks.append(f'<tr><td class="{outcome.status.lower()}">{outcome.status}</td>'
+                      f"<td>{html.escape(outcome.rule)}</td>"
+                      f"<td>{html.escape(outcome.description)}</td><td>{found}</td>"
+                      f"<td>{fix}</td></tr>")
+    classes = "".join(f"<tr><td>{html.escape(label)}</td><td>{count}</td></tr>"
+                      for label, count in report.class_counts.items())
+    files = list(_offending_files(report).items())
+    shown, rest = files[:max_thumbnails], files[max_thumbnails:]
+    with ThreadPoolExecutor() as pool:  # decoding releases the GIL
+        pictures = list(pool.map(lambda item: _picture(root, *item), shown))
+    cards = "".join(f"<figure>{picture}<figcaption><code>{html.escape(path)}</code>"
+                    f"<ul>{_rules_list(broken)}</ul></figcaption></figure>"
+                    for picture, (path, broken) in zip(pictures, shown, strict=True))
+    listed = "".join(f"<li><code>{html.escape(path)}</code><ul>{_rules_list(broken)}</ul></li>"
+                     for path, broken in rest)
+    note = (f"<p>Thumbnails for the first {len(shown)} of {len(files)} files; the other "
+            f"{len(rest)} are listed as text below them.</p>" if rest else "")
+    verdict = report.verdict
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
+<style>{_CSS}</style></head><body>
+<h1 class="{verdict.lower()}">Data validation: {verdict}</h1>
+<p>{html.escape(report.summary)}</p>
+<h2>Checks</h2>
+<table><tr><th>Result</th><th>Rule</th><th>Check</th><th>Found</th><th>How to fix</th></tr>
+{"".join(checks)}</table>
+<h2>Images per class</h2>
+<table><tr><th>Class</th><th>Images</th></tr>{classes}</table>
+<h2>Offending and quarantined files ({len(files)})</h2>
+{note}<div class="grid">{cards}</div>{f"<ul>{listed}</ul>" if rest else ""}
+</body></html>
+"""
+
+
+def write_html_report(report: ValidationReport, path: Path, root: Path,
+                      max_thumbnails: int = MAX_THUMBNAILS) -> Path:
+    """Write ``render_html`` to ``path``; ``root`` is the data folder the report's paths are
+    relative to (the thumbnails are read from it)."""
+    return write_text(path, render_html(report, root, max_thumbnails))

@@ -14,7 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
-from tlpipe.evaluate import plot_confusion_matrix, plot_learning_curves, predict_probabilities
+from tlpipe.evaluate import (
+    curve_points,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    predict_probabilities,
+)
 from tlpipe.fsio import write_json
 from tlpipe.manifest import load_manifest
 from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
@@ -42,12 +47,13 @@ def compute(params: Params, project: Path) -> dict:
         params.evaluation.min_test_images, params.evaluation.min_test_per_class)
     write_json(out.metrics, metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
-    histories = {stage: json.loads(path.read_text())["epochs"]
-                 for stage, path in (("head", out.head_history),
-                                     ("finetune", out.finetune_history)) if path.is_file()}
-    plot_learning_curves(histories, out.curves_png)
+    # The PNG and the DVC plots' data are the same points, so they cannot disagree.
+    curves = {stage: curve_points(json.loads(path.read_text()))
+              for stage, path in (("head", out.head_history),
+                                  ("finetune", out.finetune_history)) if path.is_file()}
+    plot_learning_curves(curves, out.curves_png)
     for stage in ("head", "finetune"):
-        write_json(out.curves_json(stage), histories.get(stage, []))
+        write_json(out.curves_json(stage), curves.get(stage, []))
     predicted = probabilities.argmax(axis=1)
     write_json(out.predictions_json, [
         {"path": path, "actual": spec.classes[truth], "predicted": spec.classes[guess]}

@@ -16,6 +16,7 @@ from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.fsio import write_text
 from tlpipe.manifest import load_manifest
+from tlpipe.model_versions import record_classes
 from tlpipe.paths import data_root, outputs_for
 from tlpipe.registry import log_and_register
 from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
@@ -63,18 +64,34 @@ them; check `probability` before acting on a prediction.
     return write_text(out.model_card, card)
 
 
+def model_summary(classes: list[str]) -> str:
+    """The registered model's description: what every version of it is for."""
+    return (f"Classifies photos into one of {len(classes)} classes: {', '.join(classes)}.\n\n"
+            "Trained by tlpipe (transfer learning from a pretrained image backbone), one "
+            "version per pipeline run. Each version's description is its model card; its tags "
+            "record its git commit, data version, params hash and test metrics.\n")
+
+
 def run(context: RunContext, params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
     with stage_run(context, STAGE):
         facts = pipeline_facts(context)
-        log_to_run_and_parent(context, write_model_card(params, project, facts))
+        card = write_model_card(params, project, facts)
+        log_to_run_and_parent(context, card)
         test = load_manifest(out.validated).query("split == 'test'")
+        classes = json.loads(out.metrics.read_text())["classes"]
+        # The version belongs to the pipeline run, whose page then lists it, and carries its
+        # card, so the registry tells what a version is without opening any run.
         version = log_and_register(
             out.model_dir, params.registry.model_name, params.registry.alias,
             data_root(params, project) / test["path"].iloc[0],
             {**facts, tags.PIPELINE_RUN_ID: context.parent_run_id},
+            run_id=context.parent_run_id, description=card.read_text(),
+            model_description=model_summary(classes),
         )
-        MlflowClient().set_tag(context.parent_run_id, tags.MODEL_VERSION, version.version)
+        client = MlflowClient()
+        record_classes(client, params.registry.model_name, classes)
+        client.set_tag(context.parent_run_id, tags.MODEL_VERSION, version.version)
         print(f"registered {params.registry.model_name} version {version.version} "
               f"as @{params.registry.alias}")
         return {"name": params.registry.model_name, "version": version.version,

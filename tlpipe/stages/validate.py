@@ -1,7 +1,7 @@
 """validate: the Great Expectations gate over the manifest; a failure stops the pipeline.
 
-Writes the report (markdown and JSON) either way, and the rows kept for training only on a
-pass, so no stale "validated" set survives a failed run.
+Writes the report (markdown, JSON and a self-contained HTML page) either way, and the rows kept
+for training only on a pass, so no stale "validated" set survives a failed run.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.fsio import write_json, write_text
 from tlpipe.manifest import load_manifest, manifest_fingerprint, save_manifest
-from tlpipe.paths import outputs_for
+from tlpipe.paths import data_root, outputs_for
 from tlpipe.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
-from tlpipe.validation import ValidationFailed, validate_manifest
+from tlpipe.validation import ValidationFailed, validate_manifest, write_html_report
 
 STAGE = __name__.rpartition(".")[2]
 
@@ -29,9 +29,10 @@ def compute(params: Params, project: Path) -> dict:
                                      params.data.expected_classes)
     write_text(out.report_md, report.to_markdown())
     write_json(out.report_json, report.to_dict())
+    write_html_report(report, out.report_html, data_root(params, project))
     if not report.passed:
         out.validated.unlink(missing_ok=True)
-        raise ValidationFailed(report)
+        raise ValidationFailed(report, out.report_html)
     save_manifest(kept, out.validated)
     return {"validated": str(out.validated), "fingerprint": manifest_fingerprint(kept),
             "kept": report.kept_files, "quarantined": len(report.quarantined),
@@ -40,16 +41,17 @@ def compute(params: Params, project: Path) -> dict:
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
+    reports = (out.report_md, out.report_json, out.report_html)
     with stage_run(context, STAGE):
         mlflow.log_params(flat_params("validation", params.validation))
         try:
             result = compute(params, project)
         except ValidationFailed as failure:
-            for report in (out.report_md, out.report_json):
+            for report in reports:
                 log_to_run_and_parent(context, report, "validation")
             print(failure.report.to_markdown())
             raise
-        for report in (out.report_md, out.report_json):
+        for report in reports:
             log_to_run_and_parent(context, report, "validation")
         mlflow.log_artifact(result["validated"], "validation")
         mlflow.log_metrics({"kept_files": result["kept"], "quarantined": result["quarantined"]})

@@ -1,0 +1,9 @@
+"""Prefect tasks over the model registry that are not part of a stage."""
+
+from __future__ import annotations
+
+from tasks.common import IO_RETRIES, step_task
+from tlpipe import model_versions
+
+# Before any feature is computed: data with other classes never joins this model.
+check_same_classes = step_task(model_versions.check_same_classes, **IO_RETRIES)

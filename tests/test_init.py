@@ -1,0 +1,188 @@
+"""A stranger's folder of images to a registered champion, through the installed CLI:
+`tlpipe init`, then `tlpipe run` in the new project, each a subprocess of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, cli_env
+from tests.images import write_shapes
+from tlpipe.project import COPY_LIMIT_BYTES, init_project
+
+TLPIPE = str(Path(sys.executable).parent / "tlpipe")
+CLASSES = {"disc": "red disc", "square": "blue square", "stripes": "striped tile"}
+# What a user edits after `tlpipe init` to make runs quick: two rungs of the ladder, no
+# fine-tuning (tests/test_flow.py and tests/test_recipe.py cover those).
+QUICK = {"head": {"candidates": ["logistic", "knn"]}, "finetune": {"epochs": 0}}
+
+
+def tlpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([TLPIPE, *args], cwd=cwd, env=cli_env(cwd / ".prefect"),
+                          capture_output=True, text=True, timeout=600)
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def store(project: Path) -> MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def features_runs(client: MlflowClient, parent_run_id: str) -> list:
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                            "and tags.`tlpipe.stage` = 'features'")
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    """`tlpipe init` on "My Pets" (three classes, names with spaces), then two `tlpipe run`."""
+    base = tmp_path_factory.mktemp("stranger")
+    data = write_shapes(base / "photos" / "My Pets", per_class=30)
+    for kind, name in CLASSES.items():
+        (data / kind).rename(data / name)
+    checkout_before = git("status", "--porcelain", cwd=REPO)
+    made = tlpipe("init", str(base / "pets-project"), "--data", str(data), cwd=base)
+    assert made.returncode == 0, made.stdout + made.stderr
+    project = base / "pets-project"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in QUICK.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "quick",
+        cwd=project)
+    runs = [tlpipe("run", cwd=project) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return project, data, made, runs, checkout_before
+
+
+def test_init_makes_a_committed_project_around_the_data(pets):
+    project, data, made, _, _ = pets
+    assert "hard-linked" in made.stdout and "cd " in made.stdout
+    params = yaml.safe_load(git("show", "HEAD~1:params.yaml", cwd=project))
+    assert params["registry"]["model_name"] == "my-pets"
+    assert params["data"] == {"root": "data/raw/my-pets",
+                              "expected_classes": sorted(CLASSES.values())}
+    assert git("ls-files", cwd=project).split() == [
+        ".dvc/.gitignore", ".dvc/config", ".dvcignore", ".gitignore", "README.md",
+        "data/raw/.gitignore", "data/raw/my-pets.dvc", "dvc.yaml", "params.yaml",
+        "plots/confusion_counts.json", "plots/epochs.json", "prefect.yaml"]
+    assert "analytics = false" in (project / ".dvc" / "config").read_text()
+    image = next((data / "red disc").iterdir())
+    linked = project / "data" / "raw" / "my-pets" / "red disc" / image.name
+    assert linked.stat().st_ino == image.stat().st_ino  # no bytes copied
+
+
+def test_run_registers_a_champion_named_after_the_folder_in_the_projects_own_store(pets):
+    project, _, _, runs, _ = pets
+    client = store(project)
+    assert str(client.get_model_version_by_alias("my-pets", "champion").version) == "1"
+    model = client.get_registered_model("my-pets")
+    assert json.loads(model.tags["tlpipe.classes"]) == sorted(CLASSES.values())
+    assert "Registered my-pets version 1" in runs[0].stdout and "PROMOTED" in runs[0].stdout
+    assert (project / "runs").is_dir() and not (project / "outputs").exists()
+
+
+def test_runs_leave_both_work_trees_clean_and_reuse_the_feature_cache(pets):
+    project, _, _, runs, checkout_before = pets
+    assert git("status", "--porcelain", cwd=REPO) == checkout_before
+    assert git("status", "--porcelain", cwd=project) == ""
+    client = store(project)
+    ids = [line.rsplit("MLflow run ", 1)[1].split(".")[0] for run in runs
+           for line in run.stdout.splitlines() if "MLflow run " in line and "Registered" in line]
+    first, second = (features_runs(client, run_id)[0].data.metrics for run_id in ids)
+    assert first["computed"] > 0 and second["computed"] == 0
+    assert second["cached"] == first["computed"]
+    assert client.get_run(ids[1]).data.tags["git_dirty"] == "false"
+
+
+def test_dvc_repro_runs_the_installed_stages_and_leaves_dvc_status_clean(pets):
+    project, *_ = pets
+    env = cli_env(project / ".prefect")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "repro", "-q"], cwd=project, env=env, check=True,
+                   capture_output=True, timeout=600)
+    status = subprocess.run([*dvc, "status"], cwd=project, env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "up to date" in status, status
+
+
+def test_other_classes_under_the_same_model_name_are_refused_before_any_feature(pets, tmp_path):
+    project, *_ = pets
+    client = store(project)
+    versions = client.search_model_versions("name = 'my-pets'")
+    other = write_shapes(tmp_path / "cats and dogs", per_class=8, kinds=("disc", "square"))
+    refused = tlpipe("run", "--data", str(other), "--set", "data.expected_classes=null",
+                     cwd=project)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "['blue square', 'red disc', 'striped tile']" in refused.stderr
+    assert "['disc', 'square']" in refused.stderr and "tlpipe init" in refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    assert client.search_model_versions("name = 'my-pets'") == versions  # nothing registered
+    failed = client.search_runs(
+        [client.get_experiment_by_name("tlpipe").experiment_id],
+        "attributes.status = 'FAILED' and tags.`tlpipe.kind` = 'pipeline'")
+    assert len(failed) == 1
+    assert features_runs(client, failed[0].info.run_id) == []
+    assert "classes" in failed[0].data.tags["failure_reason"]
+
+
+def test_a_failed_validation_is_a_message_and_a_traceback_only_with_verbose(pets):
+    project, *_ = pets
+    quiet = tlpipe("run", "--set", "validation.min_side=500", cwd=project)
+    assert quiet.returncode == 1
+    assert "Traceback" not in quiet.stdout + quiet.stderr
+    assert "min_side" in quiet.stderr and "report.html" in quiet.stderr
+    loud = tlpipe("--verbose", "run", "--set", "validation.min_side=500", cwd=project)
+    assert loud.returncode == 1 and "Traceback" in loud.stdout + loud.stderr
+
+
+def test_init_refuses_a_folder_that_is_not_empty_and_data_without_class_folders(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    (tmp_path / "flat").mkdir()
+    from tlpipe.errors import SettingsError, TlpipeError
+
+    with pytest.raises(SettingsError, match="not an empty folder"):
+        init_project(tmp_path / "taken", None)
+    with pytest.raises(TlpipeError, match=r"no class folders found in .*flat"):
+        init_project(tmp_path / "new", tmp_path / "flat")
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_a_copy_is_a_copy(tmp_path):
+    data = write_shapes(tmp_path / "shapes", per_class=2)
+    made = init_project(tmp_path / "project", data, copy=True)
+    assert made.placed == "copied" and COPY_LIMIT_BYTES > 0
+    image = next((data / "disc").iterdir())
+    copied = tmp_path / "project" / made.data / "disc" / image.name
+    assert copied.read_bytes() == image.read_bytes()
+    assert copied.stat().st_ino != image.stat().st_ino
+    assert os.access(image, os.W_OK)  # the user's own files are left as they were
+
+
+def test_the_wheel_carries_what_init_writes_and_the_flows(tmp_path):
+    """An installed tlpipe, not only this checkout, can make a project and run its stages."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("tlpipe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    from tlpipe.project import TEMPLATE_FILES
+
+    assert {f"tlpipe/templates/{name}.tmpl" for name in TEMPLATE_FILES} <= names
+    assert {"tlpipe/dvc_stage.py", "flows/retrain.py", "tasks/stages.py"} <= names
