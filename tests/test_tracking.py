@@ -44,13 +44,16 @@ def test_a_failing_stage_is_marked_failed_with_its_reason(tmp_path):
 
 def test_runs_of_killed_processes_are_marked_failed_by_the_next_run(tmp_path):
     context = _context(tmp_path)
+    stage = tracking.child_run_id(context, "features")  # RUNNING, as a kill leaves it
     ended = subprocess.Popen(["true"])
     ended.wait()
     client = MlflowClient()
     client.set_tag(context.parent_run_id, tags.PID, str(ended.pid))
-    assert tracking.mark_abandoned_runs(context.experiment_id) == [context.parent_run_id]
-    run = client.get_run(context.parent_run_id)
-    assert run.info.status == "FAILED" and "killed" in run.data.tags["failure_reason"]
+    assert tracking.mark_abandoned_runs(context.experiment_id) == [context.parent_run_id,
+                                                                   stage]
+    for run_id in (context.parent_run_id, stage):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and "killed" in run.data.tags["failure_reason"]
 
 
 def test_the_experiment_is_marked_as_model_training_unless_someone_chose_a_kind(tmp_path):

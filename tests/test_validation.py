@@ -29,14 +29,14 @@ def _failed(report) -> dict[str, list[str]]:
 
 @pytest.fixture
 def healthy(tmp_path):
-    write_class_folder(tmp_path, "ants", 8)
-    write_class_folder(tmp_path, "bees", 8)
+    write_class_folder(tmp_path, "ants", 12)
+    write_class_folder(tmp_path, "bees", 12)
     return tmp_path
 
 
 def test_a_healthy_folder_passes_every_rule(healthy):
     report, kept = _gate(healthy, expected=["ants", "bees"])
-    assert report.passed and not report.failures and len(kept) == 16
+    assert report.passed and not report.failures and len(kept) == 24
 
 
 def test_broken_files_fail_by_name(healthy):
@@ -70,7 +70,7 @@ def test_an_empty_class_fails_the_minimum(healthy):
 
 
 def test_one_class_only_fails(tmp_path):
-    write_class_folder(tmp_path, "ants", 8)
+    write_class_folder(tmp_path, "ants", 12)
     report, _ = _gate(tmp_path)
     assert "class_count" in _failed(report)
 
@@ -96,7 +96,7 @@ def test_quarantine_excludes_offenders_and_records_them(healthy):
 
 
 def test_quarantine_cannot_hide_a_class_that_becomes_too_small(tmp_path):
-    write_class_folder(tmp_path, "ants", 8)
+    write_class_folder(tmp_path, "ants", 12)
     (tmp_path / "bees").mkdir()
     for index in range(6):
         (tmp_path / "bees" / f"broken{index}.jpg").write_bytes(b"nope" * index)
@@ -109,7 +109,7 @@ def test_odd_but_valid_images_pass(healthy):
     assert len(odd) == 6
     report, kept = _gate(healthy, ValidationConfig(min_side=32))
     assert report.passed, report.to_markdown()
-    assert len(kept) == 22
+    assert len(kept) == 30
 
 
 def test_cli_validate_exit_codes_and_names_the_file(healthy):

@@ -41,8 +41,8 @@ def _tiny(path, shade: int = 0):
 @pytest.fixture
 def healthy(tmp_path):
     root = tmp_path / "data"
-    write_class_folder(root, "ants", 8)
-    write_class_folder(root, "bees", 8)
+    write_class_folder(root, "ants", 12)
+    write_class_folder(root, "bees", 12)
     return root
 
 
@@ -71,7 +71,7 @@ def test_an_empty_data_folder_names_it_and_the_expected_layout(tmp_path, layout)
 
 def test_only_a_passed_report_speaks_of_training(healthy, tmp_path):
     passed = _gate(healthy)[0]
-    assert "16 kept for training" in passed.to_markdown()
+    assert "24 kept for training" in passed.to_markdown()
     (healthy / "ants" / "zero.jpg").write_bytes(b"")
     failed = _gate(healthy)[0]
     html = write_html_report(failed, tmp_path / "report.html", healthy).read_text()
@@ -138,7 +138,7 @@ def test_html_report_is_self_contained_with_one_thumbnail_per_offender(healthy, 
         picture, rules = cards[path]
         assert 'class="placeholder"' in picture and reason in picture and rule in rules
     assert "FAILED" in page and "QUARANTINED" in page
-    assert "<td>ants</td><td>10</td>" in page and "<td>bees</td><td>9</td>" in page  # GIF left out
+    assert "<td>ants</td><td>14</td>" in page and "<td>bees</td><td>13</td>" in page  # GIF left out
 
 
 def test_the_validate_stage_writes_the_html_beside_markdown_and_json(healthy, tmp_path):

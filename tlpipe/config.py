@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tlpipe.errors import SettingsError
 
@@ -27,7 +36,17 @@ class ConfigError(SettingsError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: `--set head.lr=.inf` would start a training that cannot work.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """YAML's true is not 1: pydantic would take `--set finetune.epochs=true` as 1."""
+        annotation = str(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and "bool" not in annotation:
+            raise ValueError(f"expected a number or text, not {str(value).lower()}")
+        return value
 
 
 class DataConfig(Section):
@@ -166,7 +185,8 @@ def model_name_for(folder_name: str) -> str:
 class RegistryConfig(Section):
     # Not given: named after the data folder (Params fills it in), so other data never lands
     # in a model of another name by accident.
-    model_name: str = Field(min_length=1)
+    # Names go into MLflow's filter strings and Prefect's artifact keys: no quotes there.
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     alias: Alias = "challenger"           # every newly trained version
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
     previous_alias: Alias = "previous"    # the champion before the current one

@@ -112,6 +112,13 @@ def _list_files(root: Path, layout: Layout, data: DataConfig) -> list[tuple[Path
 
 def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
     inside = path.resolve().is_relative_to(root.resolve())
+    # Decided before opening anything: a FIFO would hang the read, /dev/zero never end it.
+    if not inside or not path.is_file():
+        error = ("symlink to a file outside the data folder; not read" if not inside else
+                 "not a regular file (a FIFO, device or socket); not read")
+        return {"sha256": hashlib.sha256(f"unread:{path}".encode()).hexdigest(), "bytes": 0,
+                "format": None, "width": None, "height": None, "mode": None,
+                "decodable": False, "error": error, "inside_root": inside}
     data = path.read_bytes()
     info = inspect_image(data, max_pixels)
     return {

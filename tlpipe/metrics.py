@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -55,8 +56,14 @@ def flat_metrics(metrics: dict, prefix: str = "test_") -> dict[str, float]:
     flat = {f"{prefix}{key}": metrics[key] for key in ("accuracy", "macro_f1", "ece")}
     for name, figures in metrics["per_class"].items():
         for figure in ("precision", "recall", "f1"):
-            flat[f"{prefix}{figure}_{name}"] = figures[figure]
+            flat[f"{prefix}{figure}_{metric_safe(name)}"] = figures[figure]
     return flat
+
+
+def metric_safe(class_name: str) -> str:
+    """A class name as MLflow accepts it in a metric name (letters, digits, _ - . and spaces):
+    a folder named `it's $(x)` must not fail the run at its last stage."""
+    return re.sub(r"[^\w\-. ]", "_", class_name)
 
 
 def wilson_half_width(successes: int, n: int, z: float = 1.96) -> float:

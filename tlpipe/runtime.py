@@ -16,6 +16,10 @@ def runtime_defaults(project_dir: Path) -> dict[str, str]:
         "DO_NOT_TRACK": "true",  # MLflow ignores "1"
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per small model file is noise
+        # A tracking server that went away fails a run in about 15 s (backoff 2+4+8 s), not
+        # after MLflow's default 7 retries of up to 120 s each (994 s seen).
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",

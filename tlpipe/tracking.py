@@ -132,11 +132,15 @@ def mark_abandoned_runs(experiment_id: str) -> list[str]:
         if run_tags.get(tags.HOST) != host or not run_tags.get(tags.PID, "").isdigit():
             continue
         if not process_alive(int(run_tags[tags.PID])):
-            client.set_tag(run.info.run_id, tags.FAILURE_REASON,
-                           f"process {run_tags[tags.PID]} ended without finishing the run "
-                           "(killed)")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            marked.append(run.info.run_id)
+            reason = f"process {run_tags[tags.PID]} ended without finishing the run (killed)"
+            # Its stage runs died with it: they carry no pid of their own.
+            children = client.search_runs(
+                [experiment_id], f"tags.`{tags.PARENT_RUN}` = '{run.info.run_id}' and "
+                                 "attributes.status = 'RUNNING'")
+            for dead in [run, *children]:
+                client.set_tag(dead.info.run_id, tags.FAILURE_REASON, reason)
+                client.set_terminated(dead.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+                marked.append(dead.info.run_id)
     return marked
 
 

@@ -24,7 +24,7 @@ from tlpipe.config import Params, RuleName, ValidationConfig
 from tlpipe.errors import TlpipeError
 from tlpipe.fsio import write_text
 from tlpipe.images import thumbnail_jpeg
-from tlpipe.manifest import build_manifest
+from tlpipe.manifest import SPLITS, build_manifest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -59,6 +59,9 @@ _FIX = {
     "class_count": "give the data folder at least two class folders",
     "min_images_per_class": "add images to these classes, or lower "
                             "`validation.min_images_per_class` in params.yaml",
+    "split_coverage": "add images to these classes (each file's split comes from its content "
+                      "hash, so more images reach every split), or give the data its own "
+                      "val/ and test/ folders",
     "class_imbalance": "add images to the small classes, or raise "
                        "`validation.max_class_imbalance` in params.yaml",
     "expected_classes": "rename the class folders, or change `data.expected_classes` in "
@@ -162,10 +165,15 @@ def _file_frame(manifest: pd.DataFrame) -> pd.DataFrame:
 def _class_frame(kept: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     counts = kept["label"].value_counts().reindex(classes, fill_value=0)
     largest = max(int(counts.max()), 1) if len(counts) else 1
+    per_split = pd.crosstab(kept["label"], kept["split"]).reindex(
+        index=classes, columns=list(SPLITS), fill_value=0)
     return pd.DataFrame({
         "label": counts.index.astype(str),
         "count": counts.to_numpy(),
         "imbalance": [largest / c if c else float("inf") for c in counts.to_numpy()],
+        "emptiest_split": per_split.min(axis=1).to_numpy(),
+        "splits": [", ".join(f"{split} {row[split]}" for split in SPLITS)
+                   for _, row in per_split.iterrows()],
     })
 
 
@@ -199,6 +207,10 @@ def _class_rules(config: ValidationConfig, expected: list[str] | None) -> list:
         ("class_imbalance", f"largest class at most {config.max_class_imbalance}x any other",
          gxe.ExpectColumnValuesToBeBetween(column="imbalance",
                                            max_value=config.max_class_imbalance)),
+        # A class missing from test would be scored as 0 of 0 (macro-F1 0.5 with accuracy
+        # 1.0 was seen); missing from val, it would never count while choosing the head.
+        ("split_coverage", "every class has train, val and test images",
+         gxe.ExpectColumnValuesToBeBetween(column="emptiest_split", min_value=1)),
     ]
     if expected:
         rules.append(("expected_classes", f"classes are exactly {sorted(expected)}",
@@ -263,7 +275,9 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     for (rule, description, _), (success, result) in zip(
             class_rules, _run_suite("classes", class_rules, class_table, "label"), strict=True):
         labels = [entry["label"] for entry in result.get("unexpected_index_list") or []]
-        offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} images"}
+        offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} images"
+                      + (f" ({by_label.loc[label, 'splits']})"
+                         if rule == "split_coverage" else "")}
                      for label in labels]
         if rule == "class_count" and not success:
             offenders = [{"label": ",".join(classes) or "(none)",

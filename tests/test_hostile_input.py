@@ -1,0 +1,75 @@
+"""Hostile or careless input gets a clear refusal before anything runs: settings that would
+train nonsense, files that would hang or flood a read, class names MLflow would reject."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from mlflow.utils.validation import _validate_metric_name
+
+from tests.images import write_class_folder
+from tlpipe.config import ConfigError, DataConfig, SplitConfig, ValidationConfig, parse_params
+from tlpipe.manifest import build_manifest
+from tlpipe.metrics import flat_metrics
+from tlpipe.validation import validate_manifest
+
+
+@pytest.mark.parametrize(("raw", "key", "why"), [
+    ({"head": {"lr": float("inf")}}, "head.lr", "finite"),
+    ({"finetune": {"lr": float("nan")}}, "finetune.lr", "finite"),
+    ({"finetune": {"epochs": True}}, "finetune.epochs", "not true"),
+    ({"seed": False}, "seed", "not false"),
+    ({"registry": {"model_name": "pets' OR name LIKE '%"}}, "registry.model_name", "pattern"),
+])
+def test_settings_that_would_train_nonsense_are_refused_naming_the_key(raw, key, why):
+    with pytest.raises(ConfigError, match=rf"{key}: .*{why}"):
+        parse_params(raw)
+
+
+def test_booleans_stay_booleans():
+    assert parse_params({"augment": {"trivial_augment": False}}).augment.trivial_augment is False
+
+
+@pytest.mark.timeout(60)  # a FIFO that is opened blocks for ever, /dev/zero never ends
+def test_fifos_and_links_to_devices_are_refused_unread(tmp_path):
+    data = tmp_path / "data"
+    for label in ("ants", "bees"):
+        write_class_folder(data, label, 12)
+    os.mkfifo(data / "ants" / "pipe.jpg")
+    (data / "bees" / "zero.jpg").symlink_to("/dev/zero")
+    manifest = build_manifest(data, DataConfig(), SplitConfig(), 10**6, workers=2)
+    report, _ = validate_manifest(manifest, ValidationConfig())
+    details = {o["path"]: o["detail"] for rule in report.failures for o in rule.offenders
+               if rule.rule == "decodable"}
+    assert "not a regular file" in details["ants/pipe.jpg"]
+    assert "outside the data folder; not read" in details["bees/zero.jpg"]
+    assert manifest.set_index("path").loc["bees/zero.jpg", "bytes"] == 0
+
+
+def test_a_class_missing_from_a_split_fails_validation_with_its_counts(tmp_path):
+    write_class_folder(tmp_path, "ants", 12)
+    write_class_folder(tmp_path, "bees", 12)
+    # All of one class in train/: none of it would be tested or validated.
+    for split in ("train", "val", "test"):
+        (tmp_path / "split" / split).mkdir(parents=True)
+    (tmp_path / "ants").rename(tmp_path / "split" / "train" / "ants")
+    (tmp_path / "bees").rename(tmp_path / "split" / "val" / "bees")
+    write_class_folder(tmp_path / "split" / "train", "bees", 6, start=100)
+    write_class_folder(tmp_path / "split" / "test", "bees", 4, start=200)
+    manifest = build_manifest(tmp_path / "split", DataConfig(), SplitConfig(), 10**6)
+    report, _ = validate_manifest(manifest, ValidationConfig())
+    (coverage,) = [rule for rule in report.failures if rule.rule == "split_coverage"]
+    assert [o["label"] for o in coverage.offenders] == ["ants"]
+    assert "val 0, test 0" in coverage.offenders[0]["detail"]
+    assert "val/ and test/" in report.to_markdown()
+
+
+def test_any_class_folder_name_makes_valid_mlflow_metric_names():
+    hostile = ["it's $(touch x)", 'say "hi"', "Großer Hund", "a;b|c", "..", "-"]
+    metrics = {"accuracy": 1.0, "macro_f1": 1.0, "ece": 0.0, "per_class": {
+        name: {"precision": 1.0, "recall": 1.0, "f1": 1.0} for name in hostile}}
+    names = flat_metrics(metrics)
+    assert len(names) == 3 + 3 * len(hostile)
+    for name in names:
+        _validate_metric_name(name)
