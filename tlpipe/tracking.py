@@ -8,6 +8,7 @@ reuses its run instead of adding a duplicate.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import traceback
@@ -64,6 +65,24 @@ def configure(tracking: TrackingConfig, project_dir: Path) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _check_reachable(uri)
+    with _store_lock(uri):
+        return _experiment_id(tracking, project_dir, uri)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Two processes opening a new SQLite store at once both run its schema migrations
+    (`_alembic_tmp_model_versions already exists`), and both may create the experiment:
+    the first opening in each process is serialised on a lock file beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _experiment_id(tracking: TrackingConfig, project_dir: Path, uri: str) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is not None:
