@@ -73,3 +73,17 @@ def test_any_class_folder_name_makes_valid_mlflow_metric_names():
     assert len(names) == 3 + 3 * len(hostile)
     for name in names:
         _validate_metric_name(name)
+
+
+def test_weights_files_follow_the_umask_like_every_output(tmp_path):
+    """safetensors replaces the file it writes, and took mkstemp's private 0600 with it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tlpipe.fsio import write_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = write_atomic(tmp_path / "head.safetensors",
+                          lambda path: save_file({"w": torch.zeros(2)}, str(path)))
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

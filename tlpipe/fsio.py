@@ -24,9 +24,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                                          suffix=".tmp")
     os.close(handle)
     temporary_path = Path(temporary)
-    os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private
     try:
         yield temporary_path
+        # After the writer: mkstemp's 0600 would make outputs private, and some writers
+        # (safetensors) replace the file, and its mode with it.
+        os.chmod(temporary_path, 0o666 & ~_UMASK)
         os.replace(temporary_path, target)
     finally:
         temporary_path.unlink(missing_ok=True)
