@@ -20,6 +20,7 @@ from prefect.logging import get_run_logger
 
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.paths import outputs_for
+from tlpipe.promotion import PROMOTING_VERDICTS
 
 
 def artifact_key(model_name: str, kind: str) -> str:
@@ -67,7 +68,7 @@ def publish_test_metrics(params: Params, evaluation: dict) -> None:
 
 def publish_promotion(registry: RegistryConfig, decision: dict) -> None:
     """Promoted or refused, and why, check by check."""
-    moved = decision["verdict"] in ("promoted", "forced")
+    moved = decision["verdict"] in PROMOTING_VERDICTS
     outcome = (f"v{decision['challenger']} {decision['verdict'].upper()}"
                + (f" to @{registry.champion_alias}" if moved else "")
                + (f" (champion v{decision['champion']})" if decision["champion"] else ""))

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from tlpipe.config import DataConfig, SplitConfig
 from tlpipe.errors import TlpipeError
-from tlpipe.fsio import write_atomic
+from tlpipe.fsio import sha256_text, write_atomic
 from tlpipe.images import inspect_image
 
 SPLITS = ("train", "val", "test")
@@ -116,7 +116,7 @@ def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
     if not inside or not path.is_file():
         error = ("symlink to a file outside the data folder; not read" if not inside else
                  "not a regular file (a FIFO, device or socket); not read")
-        return {"sha256": hashlib.sha256(f"unread:{path}".encode()).hexdigest(), "bytes": 0,
+        return {"sha256": sha256_text("unread", path), "bytes": 0,
                 "format": None, "width": None, "height": None, "mode": None,
                 "decodable": False, "error": error, "inside_root": inside}
     data = path.read_bytes()

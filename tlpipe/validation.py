@@ -163,10 +163,10 @@ def _file_frame(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _class_frame(kept: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    counts = kept["label"].value_counts().reindex(classes, fill_value=0)
-    largest = max(int(counts.max()), 1) if len(counts) else 1
     per_split = pd.crosstab(kept["label"], kept["split"]).reindex(
         index=classes, columns=list(SPLITS), fill_value=0)
+    counts = per_split.sum(axis=1)
+    largest = max(int(counts.max()), 1) if len(counts) else 1
     return pd.DataFrame({
         "label": counts.index.astype(str),
         "count": counts.to_numpy(),
