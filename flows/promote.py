@@ -9,10 +9,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.hooks import cancelled_when_stopped
 from tasks.artifacts import publish_promotion
 from tasks.promotion import (
     current_test_split,
     find_candidates,
+    finish_unfinished_decision,
     record_decision,
     score_candidates,
 )
@@ -20,21 +22,25 @@ from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.promotion import Decision, already_decided, decide, decision_key
 from tlpipe.registry_lock import registry_lock
-from tlpipe.tracking import configure
+from tlpipe.tracking import configure, mark_abandoned_runs
 
 
-@flow(name="tlpipe-promote", log_prints=True)
+@flow(name="tlpipe-promote", log_prints=True, on_crashed=[cancelled_when_stopped])
 def promote_flow(params: Params, project_dir: str = ".", version: str | None = None,
                  force_reason: str | None = None) -> dict:
     """Promote ``version`` (default: the challenger) to champion if it beats the champion on
     the current test split; with ``force_reason``, promote it regardless, recording why."""
     project = Path(project_dir).resolve()
     experiment_id = configure(params.tracking, project)
+    mark_abandoned_runs(experiment_id)  # decisions whose process was killed
     split = current_test_split(params, project)
     # One promotion at a time per model: the champion read below stays the champion until
     # this decision is recorded.
     with registry_lock(params.registry.model_name, params.promotion.lock_wait_s,
                        params.promotion.lock_expiry_s):
+        recovered = finish_unfinished_decision(params.registry)
+        if recovered:
+            print(recovered)
         candidates = find_candidates(params.registry, version)
         if candidates.challenger == candidates.champion:
             decision = Decision(candidates.model_name, candidates.challenger,

@@ -18,6 +18,7 @@ from prefect.schedules import Cron, Interval
 from prefect.states import Completed
 from pydantic import ValidationError
 
+from flows.hooks import cancelled_when_stopped
 from flows.promote import promote_flow
 from flows.train import train_flow
 from tasks.retrain import current_data_version, notify, registered_state
@@ -28,7 +29,7 @@ from tlpipe.stack import stop_tree
 from tlpipe.tracking import configure, finishing, start_parent_run
 
 
-@flow(name="tlpipe-retrain", log_prints=True)
+@flow(name="tlpipe-retrain", log_prints=True, on_crashed=[cancelled_when_stopped])
 def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force: bool = False,
                  overrides: dict | None = None):
     """Version the data with DVC; when it is new to the registry (or ``force``), run the

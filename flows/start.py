@@ -3,7 +3,10 @@ only inside the commands that start a flow: Prefect reads its settings when firs
 
 from __future__ import annotations
 
+import functools
 import logging
+import subprocess
+from collections.abc import Callable
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -11,9 +14,10 @@ from flows.promote import promote_flow
 from flows.retrain import retrain_flow, retrain_schedule, serve_retrain
 from flows.train import train_flow
 from tlpipe.errors import TlpipeError
+from tlpipe.watchdog import stop_with_this_process
 
 __all__ = ["hide_expected_tracebacks", "promote_flow", "retrain_flow", "retrain_schedule",
-           "serve_retrain", "train_flow"]
+           "serve_retrain", "start_temporary_server", "train_flow"]
 
 
 def _message_only(record: logging.LogRecord) -> bool:
@@ -29,3 +33,35 @@ def hide_expected_tracebacks() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and _message_only not in handler.filters:
             handler.addFilter(_message_only)
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary server now (the very instance its client would start on first
+    use), in a session of its own and watched: Prefect stops it only on a normal exit, so a
+    killed command left it running; and a terminal's Ctrl-C, sent to the whole foreground
+    process group, stopped it before the interrupted run could be recorded (then the exit
+    waited about a minute on a server that was gone)."""
+    from prefect.server.api.server import SubprocessASGIServer  # as Prefect's client does
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return  # a server of the user's: not ours to stop
+    server = SubprocessASGIServer()
+    if not server.running:
+        server._run_uvicorn_command = _watched(server._run_uvicorn_command)
+        server.start()
+
+
+def _watched(launch: Callable[[], subprocess.Popen]) -> Callable[[], subprocess.Popen]:
+    """Prefect's own launch of the server, with ``start_new_session`` added to its Popen and
+    the watchdog started the moment the server process exists."""
+    def launch_watched() -> subprocess.Popen:
+        popen = subprocess.Popen
+        subprocess.Popen = functools.partial(popen, start_new_session=True)
+        try:
+            server = launch()
+        finally:
+            subprocess.Popen = popen
+        stop_with_this_process(server.pid)
+        return server
+    return launch_watched

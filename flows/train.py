@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
+from flows.hooks import cancelled_when_stopped
 from flows.promote import promote_flow
 from tasks import artifacts
 from tasks.registry import check_same_classes
@@ -18,7 +19,7 @@ from tlpipe.paths import data_root
 from tlpipe.tracking import pipeline_run
 
 
-@flow(name="tlpipe-train", log_prints=True)
+@flow(name="tlpipe-train", log_prints=True, on_crashed=[cancelled_when_stopped])
 def train_flow(params: Params, project_dir: str = ".") -> dict:
     """Validate the data, extract cached features, train the head, fine-tune, evaluate on the
     held-out test split, register the model as the challenger, then let the promotion gate

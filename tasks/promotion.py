@@ -10,6 +10,7 @@ from tasks.common import IO_RETRIES, step_task
 from tlpipe import promotion
 
 current_test_split = step_task(promotion.current_test_split)
+finish_unfinished_decision = step_task(promotion.finish_unfinished_decision, **IO_RETRIES)
 find_candidates = step_task(promotion.find_candidates, **IO_RETRIES)
 score_candidates = step_task(promotion.score_candidates, **IO_RETRIES)
 record_decision = step_task(promotion.record_decision, **IO_RETRIES)

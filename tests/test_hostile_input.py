@@ -65,6 +65,17 @@ def test_a_class_missing_from_a_split_fails_validation_with_its_counts(tmp_path)
     assert "val/ and test/" in report.to_markdown()
 
 
+def test_one_image_per_class_fails_validation_before_the_preview_could_crash(tmp_path):
+    """Was: min_images_per_class=1 passed, and the augmentation preview of an empty train
+    split crashed (`stack expects a non-empty TensorList`)."""
+    for label in ("ants", "bees"):
+        write_class_folder(tmp_path, label, 1)
+    manifest = build_manifest(tmp_path, DataConfig(), SplitConfig(), 10**6)
+    report, _ = validate_manifest(manifest, ValidationConfig(min_images_per_class=1))
+    (coverage,) = [rule for rule in report.failures if rule.rule == "split_coverage"]
+    assert sorted(o["label"] for o in coverage.offenders) == ["ants", "bees"]
+
+
 def test_any_class_folder_name_makes_valid_mlflow_metric_names():
     hostile = ["it's $(touch x)", 'say "hi"', "Großer Hund", "a;b|c", "..", "-"]
     metrics = {"accuracy": 1.0, "macro_f1": 1.0, "ece": 0.0, "per_class": {

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from flows.promote import promote_flow
 from flows.train import train_flow
 from tests.conftest import cli_env, copy_slice, free_port, make_project
-from tlpipe import tracking
+from tlpipe import tags, tracking
 from tlpipe.cli import app
 from tlpipe.config import load_params
 from tlpipe.model_io import load_classifier, save_classifier
@@ -197,27 +197,135 @@ def test_failure_mid_promotion_moves_nothing(trained, monkeypatch):
     before = aliases(name)
     real_set_alias = MlflowClient.set_registered_model_alias
 
-    def registry_drops_on_champion(self, model, alias, version):
-        # Fault injection (the one stand-in here): the registry stops answering after the
-        # `previous` alias has moved and before `champion` does.
-        if alias == "champion":
+    def registry_fails_on_previous(self, model, alias, version):
+        # Fault injection (the one stand-in here): the registry refuses the second alias
+        # move, after `champion` has already moved to the challenger.
+        if alias == "previous":
             raise MlflowException("registry unreachable (injected)")
         return real_set_alias(self, model, alias, version)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", registry_drops_on_champion)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", registry_fails_on_previous)
     with pytest.raises(MlflowException, match="injected"):
         promote_flow(params, str(trained.project), strong)
     monkeypatch.undo()
 
-    assert aliases(name) == before
-    tags = MlflowClient().get_model_version(name, strong).tags
-    assert not [key for key in tags if key.startswith("promotion.")]
+    assert aliases(name) == before  # the champion moved, and was moved back
+    assert not promotion_tags(name, strong)
+    assert tags.PENDING_DECISION not in MlflowClient().get_registered_model(name).tags
     failed = [r for r in decision_runs(trained, name)
               if r.data.tags["challenger_version"] == strong]
     assert len(failed) == 3 and {r.info.status for r in failed} == {"FAILED"}  # 1 + 2 retries
     assert not MlflowClient().search_registered_models(f"name = '{lock_name(name)}'")
 
     assert promote_flow(params, str(trained.project), strong)["verdict"] == "promoted"
+
+
+def promotion_tags(name: str, version: str) -> dict[str, str]:
+    return {k: v for k, v in MlflowClient().get_model_version(name, version).tags.items()
+            if k.startswith("promotion.")}
+
+
+def assert_consistent(name: str, champion: str, previous: str | None) -> None:
+    """The aliases, the champion history and the verdict tags tell one story."""
+    model = MlflowClient().get_registered_model(name)
+    assert aliases(name).get("champion") == champion
+    assert aliases(name).get("previous") == previous
+    history = json.loads(model.tags[tags.CHAMPION_HISTORY])
+    assert history[-1] == champion and (previous is None or history[-2] == previous)
+    assert tags.PENDING_DECISION not in model.tags
+
+
+def test_a_registry_outage_part_way_is_finished_by_the_next_command(trained, monkeypatch):
+    name = "outage"
+    params = registry_params(trained, name)
+    cli_params = params_file(trained, name, trained.project / "params-outage.yaml")
+    weak, strong = register(trained, name, "weak"), register(trained, name, "strong")
+    promote_flow(params, str(trained.project), weak, force_reason="set up a champion")
+    outage = {"down": False}
+
+    def write(method):
+        real = getattr(MlflowClient, method)
+
+        def call(self, *args):
+            if outage["down"]:
+                raise MlflowException("registry unreachable (injected)")
+            result = real(self, *args)
+            outage["down"] = method == "set_registered_model_alias"
+            return result
+        return call
+
+    # Fault injection (a stand-in for a registry server going away): once the first alias
+    # has moved, every registry write fails, the put-back included.
+    for method in ("set_registered_model_alias", "delete_registered_model_alias",
+                   "set_registered_model_tag", "delete_registered_model_tag",
+                   "set_model_version_tag", "delete_model_version_tag"):
+        monkeypatch.setattr(MlflowClient, method, write(method))
+    with pytest.raises(MlflowException, match="injected"):
+        promote_flow(params, str(trained.project), strong)
+    monkeypatch.undo()
+    monkeypatch.chdir(trained.project)
+    halfway = MlflowClient().get_registered_model(name)
+    assert {k: str(v) for k, v in halfway.aliases.items()} == {"champion": strong,
+                                                                "challenger": strong}
+    assert tags.PENDING_DECISION in halfway.tags
+
+    listed = CliRunner().invoke(app, ["models", "--params", str(cli_params)])
+    assert listed.exit_code == 0, listed.output
+    assert "was completed" in listed.output
+    assert_consistent(name, champion=strong, previous=weak)
+    assert promotion_tags(name, strong)[tags.VERDICT] == "promoted"
+    [decision] = [r for r in decision_runs(trained, name)
+                  if r.data.tags["challenger_version"] == strong]
+    assert decision.info.status == "FINISHED" and tags.FINISHED_BY in decision.data.tags
+
+
+KILL_AT_FIRST_ALIAS_MOVE = """
+import os, signal, sys
+from mlflow.tracking import MlflowClient
+real = MlflowClient.set_registered_model_alias
+def move_then_die(self, name, alias, version):
+    real(self, name, alias, version)
+    if alias == "champion":
+        os.kill(os.getpid(), signal.SIGKILL)
+MlflowClient.set_registered_model_alias = move_then_die
+from tlpipe.cli import app
+app(sys.argv[1:], prog_name="tlpipe")
+"""
+
+
+def test_kill_9_at_the_alias_move_is_completed_then_rollback_works(trained, monkeypatch):
+    name = "killed"
+    params = registry_params(trained, name)
+    cli_params = params_file(trained, name, trained.project / "params-killed.yaml")
+    first, second = register(trained, name, "weak"), register(trained, name, "strong")
+    for version in (first, second):
+        promote_flow(params, str(trained.project), version, force_reason="history")
+    third = register(trained, name, "strong", bees_bias=0.3)
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_ALIAS_MOVE, "promote", third, "--force",
+         "--reason", "killed at the move", "--params", str(cli_params)],
+        cwd=trained.project, env=harness_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    halfway = MlflowClient().get_registered_model(name)
+    assert str(halfway.aliases["champion"]) == third and str(halfway.aliases["previous"]) == first
+    assert tags.PENDING_DECISION in halfway.tags
+    assert MlflowClient().search_registered_models(f"name = '{lock_name(name)}'")  # left held
+    [running] = [r for r in decision_runs(trained, name)
+                 if r.data.tags["challenger_version"] == third]
+    assert running.info.status == "RUNNING"
+
+    monkeypatch.chdir(trained.project)
+    listed = CliRunner().invoke(app, ["models", "--params", str(cli_params)])
+    assert listed.exit_code == 0, listed.output
+    assert_consistent(name, champion=third, previous=second)
+    assert promotion_tags(name, third)[tags.VERDICT] == "forced"
+    assert MlflowClient().get_run(running.info.run_id).info.status == "FINISHED"
+
+    back = CliRunner().invoke(app, ["rollback", "--reason", "test", "--params", str(cli_params)])
+    assert back.exit_code == 0, back.output
+    assert f"from v{third} to v{second}" in back.output
+    assert_consistent(name, champion=second, previous=first)
 
 
 def test_lock_waits_breaks_dead_holders_and_times_out(trained):

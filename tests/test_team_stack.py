@@ -2,14 +2,19 @@
 server with a process work pool and worker, a DVC directory remote. The retrain deployment
 from prefect.yaml fires on its own schedule and the worker runs it end to end.
 
-Every process is stopped at the end (``tlpipe stack down``), even when an assertion fails,
-and the test then checks that none is left.
+The stack is up for the whole module: `up` restarts what died, PostgreSQL asks for its
+password, and the scheduled retrain runs last, on the stack the other tests repaired. Every
+process is stopped at the end (``tlpipe stack down``), even when an assertion fails, and
+the last test then checks that none is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,12 +23,15 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from tests.conftest import REPO, copy_slice, free_port
 from tests.test_retrain import dvc_project, sh
 from tlpipe import stack
+from tlpipe.cli import app
 
 pytestmark = pytest.mark.slow
 INTERVAL_S = 10
@@ -68,12 +76,17 @@ def leftovers(project: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def team_project():
+def reachable_folder() -> Path:
     # PostgreSQL runs as the postgres user, which must reach its data folder: pytest's own
     # temporary folders are private to root.
     base = Path(tempfile.mkdtemp(prefix="tlpipe-team-"))
     base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="module")
+def team_project():
+    base = reachable_folder()
     project = dvc_project(base / "project", {"train": 16, "val": 16}, {
         "finetune": {"epochs": 0}, "registry": {"model_name": "team-ants-bees"}})
     for folder in ("flows", "tasks"):
@@ -87,15 +100,99 @@ def team_project():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_scheduled_retrain_on_the_team_stack(team_project, monkeypatch):
-    project = team_project
+@pytest.fixture(scope="module")
+def team_stack(team_project):
     # The scheduler looks for due runs every 5 s instead of every 60 s, the worker for runs
     # to start every 2 s instead of every 10 s.
-    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
-    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")
-    ports = stack.Ports(free_port(), free_port(), free_port())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
+        patch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")
+        try:
+            yield stack.up(team_project, stack.Ports(free_port(), free_port(), free_port()))
+        finally:  # the last test has stopped it, unless it failed early or was left out
+            stack.down(team_project)
+
+
+def test_up_restarts_what_died_and_keeps_the_rest(team_project, team_stack, monkeypatch):
+    """Issue 13: `up` after the MLflow server died said all was well and left it down."""
+    before = stack.load_state(team_project).pids
+    # uvicorn, under `mlflow server`: killing its parent leaves it holding the port.
+    children = psutil.Process(before["mlflow"]).children(recursive=True)
+    os.kill(before["mlflow"], signal.SIGKILL)
+    assert stack.status(team_project) == {"postgres": True, "mlflow": False,
+                                          "prefect-server": True, "worker": True}
+
+    monkeypatch.chdir(team_project)
+    result = CliRunner().invoke(app, ["stack", "up"])
+    assert result.exit_code == 0, result.output
+    assert "restarted: mlflow\n" in result.output
+    after = stack.load_state(team_project).pids
+    assert after["mlflow"] != before["mlflow"]
+    assert {**after, "mlflow": 0} == {**before, "mlflow": 0}  # the others kept, pids and all
+    assert httpx.get(f"{team_stack.mlflow_uri}/health", timeout=10).status_code == 200
+    assert not [child for child in children if child.is_running()]
+    assert all(stack.status(team_project).values())
+
+
+def test_postgres_asks_for_the_generated_password(team_project, team_stack, tmp_path,
+                                                  monkeypatch):
+    """Issue 13: the stack's PostgreSQL let every local user in as superuser, and its socket
+    folder was world-writable."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # no ~/.pgpass either
+    root = team_project / ".stack"
+    secret, sockets = root / stack.SECRET, root / "postgres" / "run"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+    password, port = secret.read_text(), team_stack.ports.postgres
+    for host in ("127.0.0.1", str(sockets)):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host=host, port=port, user="postgres", dbname="mlflow")
+        psycopg2.connect(host=host, port=port, user="postgres", password=password,
+                         dbname="mlflow").close()
+    if os.geteuid() == 0:  # the issue's own check, as another local user
+        other = subprocess.run(["runuser", "-u", "nobody", "--", "psql", "-w", "-h",
+                                "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
+                                "SHOW is_superuser"], capture_output=True, text=True)
+        assert other.returncode != 0 and "password" in other.stderr, other
+
+    # MLflow has the password, but in no command line (`ps` shows those to everyone) and no
+    # file of the stack but its own.
+    assert not [process.info for process in psutil.process_iter(["pid", "cmdline"])
+                if password in " ".join(process.info["cmdline"] or [])]
+    assert not [path for path in root.rglob("*") if path.is_file() and path != secret
+                and root / "postgres" / "data" not in path.parents
+                and password.encode() in path.read_bytes()]
+
+
+def test_a_trusting_postgres_from_an_older_tlpipe_gets_a_password(monkeypatch):
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    base = reachable_folder()
+    directory, secret, port = base / "postgres", base / stack.SECRET, free_port()
+    directory.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+    sh(*stack._as_postgres_user([str(stack.postgres_bin() / "initdb"), "-D",
+                                 str(directory / "data"), "-A", "trust", "-U", "postgres",
+                                 "--no-sync"]), cwd=base)  # as older tlpipe did
     try:
-        state = stack.up(project, ports)
+        stack.start_postgres(directory, port, "127.0.0.1", secret)
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert "trust" not in sh("grep", "-v", "^#", str(directory / "data" / "pg_hba.conf"),
+                                 cwd=base)
+        monkeypatch.setenv("PGPASSFILE", str(base / "none"))
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="mlflow")
+        psycopg2.connect(host="127.0.0.1", port=port, user="postgres",
+                         password=secret.read_text(), dbname="mlflow").close()
+    finally:
+        stack.stop_postgres(directory)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_scheduled_retrain_on_the_team_stack(team_project, team_stack):
+    project, state = team_project, team_stack
+    try:
         env = {**os.environ, **state.environment()}
         assert stack.status(project) == {"postgres": True, "mlflow": True,
                                          "prefect-server": True, "worker": True}
@@ -142,10 +239,13 @@ def test_scheduled_retrain_on_the_team_stack(team_project, monkeypatch):
         # Everything above went to the servers: runs in PostgreSQL, artifacts behind the
         # MLflow server's proxy, the data versions in the DVC remote; the project's embedded
         # store was never created.
-        runs_in_postgres = sh("psql", "-h", "127.0.0.1", "-p", str(ports.postgres), "-U",
-                              "postgres", "-d", "mlflow", "-tAc", "SELECT count(*) FROM runs",
-                              cwd=project)
-        assert int(runs_in_postgres) >= len(outcomes) + len(decisions)
+        with contextlib.closing(psycopg2.connect(
+                host="127.0.0.1", port=state.ports.postgres, user="postgres", dbname="mlflow",
+                password=(project / ".stack" / stack.SECRET).read_text())) as database, \
+                database.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM runs")
+            runs_in_postgres = cursor.fetchone()[0]
+        assert runs_in_postgres >= len(outcomes) + len(decisions)
         assert any((project / ".stack" / "mlflow-artifacts").rglob("model.safetensors"))
         assert len(list((project / ".stack" / "dvc-remote").rglob("*"))) > 40
         assert not (project / "mlflow").exists()

@@ -78,6 +78,7 @@ def _flows():
 
     if not _options["verbose"]:
         start.hide_expected_tracebacks()
+    start.start_temporary_server()
     return start
 
 
@@ -249,17 +250,30 @@ def predict(
     if not files:
         _fail(f"no image files in {', '.join(map(str, inputs))}", 2)
     settings = _registry_settings(params, set_)
+    import tempfile
+
     import mlflow
+
+    from tlpipe.lineage import LineageError, resolve_version
+    from tlpipe.model_integrity import download_verified
 
     name = model or settings.registry.model_name
     uri = (f"models:/{name}/{version}" if version is not None
            else f"models:/{name}@{alias or settings.registry.champion_alias}")
+    hint = "`tlpipe models` lists versions and aliases; use --alias challenger before any " \
+           "promotion."
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
-    except Exception as error:
-        _fail(f"cannot load {uri}: {error}. `tlpipe models` lists versions and aliases; "
-              "use --alias challenger before any promotion.", 1)
-    frame = predict_files(loaded, files, batch_size)
+        registered = resolve_version(uri)
+    except LineageError as error:
+        _fail(f"cannot load {error}. {hint}", 1)
+    # Loaded from a checked copy: loading runs the model's code, so nothing unverified runs.
+    with tempfile.TemporaryDirectory(prefix="tlpipe-model-") as folder:
+        local = download_verified(registered.name, str(registered.version), Path(folder))
+        try:
+            loaded = mlflow.pyfunc.load_model(str(local))
+        except Exception as error:
+            _fail(f"cannot load {uri}: {error}. {hint}", 1)
+        frame = predict_files(loaded, files, batch_size)
     failed = int((frame["error"] != "").sum())
     if out is not None:
         frame.to_csv(out, index=False)
@@ -339,6 +353,7 @@ def rollback(
     from tlpipe.lineage import git_state
 
     experiment_id = tracking.configure(settings.tracking, Path.cwd())
+    tracking.mark_abandoned_runs(experiment_id)
     decision = promotion.rollback(settings, experiment_id, reason, git_state(Path.cwd()))
     _print_decision(asdict(decision))
 
@@ -422,11 +437,14 @@ def stack_up(
     postgres_port: int = 55432,
     worker: Annotated[bool, typer.Option(help="Start a worker on the work pool.")] = True,
 ) -> None:
-    """Start the stack under .stack/ (idempotent), then `source .stack/team.env` to use it."""
+    """Start the stack under .stack/, or restart what of it is down; then `source
+    .stack/team.env` to use it."""
     from tlpipe import stack
 
     state = stack.up(Path.cwd(), stack.Ports(prefect_port, mlflow_port, postgres_port),
                      host, worker)
+    if state.restarted:
+        typer.secho(f"restarted: {', '.join(state.restarted)}", fg=typer.colors.YELLOW)
     typer.secho(f"Prefect: {state.prefect_api[:-4]}  MLflow: {state.mlflow_uri}  "
                 f"work pool: {stack.WORK_POOL}", fg=typer.colors.GREEN)
     typer.echo("Next: source .stack/team.env && prefect --no-prompt deploy --all")
@@ -463,6 +481,7 @@ def models(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -
 
     from tlpipe.model_versions import version_rows
 
+    _finish_unfinished_decision(settings)
     rows = version_rows(settings.registry)
     if not rows:
         _fail(f"no versions of {settings.registry.model_name!r} yet: run `tlpipe run`", 1)
@@ -474,6 +493,28 @@ def models(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -
     for row in rows:
         table.add_row(*row.values())
     Console(width=max(120, Console().width)).print(table)
+
+
+def _finish_unfinished_decision(settings) -> None:
+    """Listing the versions is when a user looks: finish a move a killed promotion left
+    part-way, unless a promotion holds the lock right now (it will finish it itself)."""
+    from mlflow.tracking import MlflowClient
+
+    from tlpipe.alias_moves import pending_move
+    from tlpipe.promotion import finish_unfinished_decision
+    from tlpipe.registry_lock import LockTimeout, registry_lock
+
+    if pending_move(MlflowClient(), settings.registry.model_name) is None:
+        return  # the usual case: read-only, no lock taken
+    try:
+        with registry_lock(settings.registry.model_name, 2, settings.promotion.lock_expiry_s):
+            recovered = finish_unfinished_decision(settings.registry)
+    except LockTimeout:
+        typer.secho("a promotion is running: the aliases may be about to change",
+                    fg=typer.colors.YELLOW)
+        return
+    if recovered:
+        typer.secho(recovered, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -498,7 +539,7 @@ def export(
     from tlpipe.promotion import load_version
 
     version = resolve_version(model_uri)
-    model, spec = load_version(version.name, version.version)
+    model, spec = load_version(version.name, str(version.version))  # verified as it loads
     root = data_root(settings, Path.cwd())
     samples = [load_rgb(p) for p in image_files([root])[:8]] if root.is_dir() else []
     target = out or Path(f"{version.name}-v{version.version}.onnx")
@@ -507,6 +548,52 @@ def export(
     typer.echo(f"ONNX Runtime vs PyTorch on {report.inputs_checked} inputs "
                f"({len(samples)} real images): max |difference| of probabilities "
                f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")
+
+
+@app.command()
+def verify(
+    model_uri: ModelUri,
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="Leave the verified copy in this new or empty folder, e.g. for "
+                     "`mlflow models serve -m DIR`.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Check a registered model's stored files (code, weights, MLmodel) against the digest
+    recorded in the registry when it was registered. Exit 0 when they match, 1 otherwise."""
+    if to is not None:
+        to = to.resolve()
+        if to.exists() and (not to.is_dir() or any(to.iterdir())):
+            _fail(f"--to {to}: not a new or empty folder", 2)
+    _registry_settings(params, set_)
+    import os
+    import shutil
+    import tempfile
+
+    from tlpipe import tags
+    from tlpipe.lineage import resolve_version
+    from tlpipe.model_integrity import download_verified
+
+    version = resolve_version(model_uri)
+    if to is None:
+        with tempfile.TemporaryDirectory(prefix="tlpipe-verify-") as folder:
+            download_verified(version.name, str(version.version), Path(folder))
+    else:
+        # Downloaded beside --to and renamed into place once verified: only a verified copy
+        # ever appears there.
+        folder = to.parent / f".{to.name}.verifying-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            download_verified(version.name, str(version.version), folder)
+            os.replace(folder, to)  # onto an empty folder too
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    typer.secho(f"OK: {model_uri} ({version.name} version {version.version}): its stored files "
+                f"match the registered digest {version.tags[tags.ARTIFACTS_SHA256]}",
+                fg=typer.colors.GREEN)
+    if to is not None:
+        typer.echo(f"verified copy in {to}: `mlflow models serve -m {to} --env-manager local`")
 
 
 @app.command()

@@ -2,34 +2,34 @@
 
 Every decision is an MLflow run (kind ``promotion``) holding both models' scores, the rule,
 each check's outcome and the verdict; the challenger's version gets the verdict as tags. The
-aliases move only after everything was recorded, all together: if any registry call fails,
-the aliases and tags are put back as they were. The order of champions is kept in the
+aliases move only after everything was recorded, and recoverably: a move cut short by a
+failure is put back, one cut short by a kill is finished by the next command
+(`tlpipe.alias_moves`). The order of champions is kept in the
 registered model's ``tlpipe.champion_history`` tag, which is what ``rollback`` walks back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
+from tlpipe.alias_moves import RegistryState, finish_pending, move, read_state
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.errors import TlpipeError
 from tlpipe.fsio import sha256_text
 from tlpipe.gate import Check, GateResult, Scores, apply_gate
 from tlpipe.manifest import manifest_fingerprint
 from tlpipe.metrics import small_split_warning
+from tlpipe.model_integrity import download_verified
 from tlpipe.model_io import SPEC_FILE, Classifier, ModelSpec, load_classifier
 from tlpipe.model_versions import alias_version
 from tlpipe.paths import data_root
@@ -94,10 +94,10 @@ def find_candidates(registry: RegistryConfig, version: str | None = None) -> Can
 
 
 def load_version(name: str, version: str) -> tuple[Classifier, ModelSpec]:
-    """The classifier inside a registered tlpipe pyfunc: safetensors and JSON, no pickle."""
+    """The classifier inside a registered tlpipe pyfunc, from a copy checked against the
+    digests recorded at registration (model_integrity): safetensors and JSON, no pickle."""
     with tempfile.TemporaryDirectory() as folder:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=folder))
+        local = download_verified(name, str(version), Path(folder))
         spec = next(local.glob(f"artifacts/*/{SPEC_FILE}"), None)
         if spec is None:
             raise PromotionError(f"models:/{name}/{version} is not a tlpipe model "
@@ -225,18 +225,29 @@ def _public_scores(scores: Scores) -> dict:
 def record_decision(params: Params, experiment_id: str, decision: Decision,
                     scored: ScoredCandidates, split: HeldOutSplit, key: str,
                     run_tags: dict[str, str]) -> Decision:
-    """One MLflow run for the decision; then, on a pass, the aliases move all together."""
+    """One MLflow run for the decision; then the verdict tags and, on a pass, the aliases
+    move (recoverably: see `tlpipe.alias_moves`)."""
     client, registry = MlflowClient(), params.registry
+    finish_pending(client, decision.model_name)  # a retry after an outage part-way
     run_id = start_parent_run(experiment_id, f"promote v{decision.challenger}", {
         tags.KIND: "promotion", tags.DECISION_KEY: key, **run_tags, **_decision_tags(decision)})
     decision.run_id = run_id
     with finishing(run_id):
         _log_scores(client, run_id, params, decision, scored, split)
-        with _all_or_nothing(client, decision.model_name, [decision.challenger]):
-            _tag_version(client, decision, run_id)
-            if decision.moves_champion:
-                _make_champion(client, registry, decision.challenger)
+        before = read_state(client, decision.model_name, _aliases(registry),
+                            [decision.challenger])
+        move(client, decision.model_name, run_id, before,
+             _after_decision(before, registry, decision, run_id))
     return decision
+
+
+def finish_unfinished_decision(registry: RegistryConfig) -> str | None:
+    """Complete or undo an alias move a dead process left part-way (hold the lock)."""
+    return finish_pending(MlflowClient(), registry.model_name)
+
+
+def _aliases(registry: RegistryConfig) -> list[str]:
+    return [registry.champion_alias, registry.previous_alias]
 
 
 def _decision_tags(decision: Decision) -> dict[str, str]:
@@ -276,66 +287,27 @@ def _per_image_csv(split: HeldOutSplit, scored: ScoredCandidates) -> str:
     return buffer.getvalue()
 
 
-def _tag_version(client: MlflowClient, decision: Decision, run_id: str) -> None:
-    for key, value in ((tags.VERDICT, decision.verdict), (tags.SUMMARY, decision.summary),
-                       (tags.REASON, decision.reason[:4000]), (tags.DECISION_RUN, run_id),
-                       (tags.COMPARED_WITH, decision.champion or "none")):
-        client.set_model_version_tag(decision.model_name, decision.challenger, key, value)
-
-
-def champion_history(client: MlflowClient, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get(tags.CHAMPION_HISTORY, "[]"))
-
-
-def _make_champion(client: MlflowClient, registry: RegistryConfig, version: str) -> None:
-    name = registry.model_name
-    current = alias_version(client, name, registry.champion_alias)
-    history = [v for v in champion_history(client, name) if v != version]
+def _after_decision(before: RegistryState, registry: RegistryConfig, decision: Decision,
+                    run_id: str) -> RegistryState:
+    """The verdict on the challenger's tags; on a pass, the challenger becomes champion and
+    the champion before it `previous`."""
+    challenger = decision.challenger
+    verdict = {tags.VERDICT: decision.verdict, tags.SUMMARY: decision.summary,
+               tags.REASON: decision.reason[:4000], tags.DECISION_RUN: run_id,
+               tags.COMPARED_WITH: decision.champion or "none"}
+    after = RegistryState(dict(before.aliases), list(before.history), {
+        challenger: {**before.version_tags[challenger], **verdict}})
+    if not decision.moves_champion:
+        return after
+    current = before.aliases[registry.champion_alias]
+    history = [v for v in before.history if v != challenger]
     if current is not None:
         if not history or history[-1] != current:  # aliases were moved by hand meanwhile
             history.append(current)
-        client.set_registered_model_alias(name, registry.previous_alias, current)
-    client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, json.dumps([*history, version]))
-    client.set_registered_model_alias(name, registry.champion_alias, version)
-
-
-@contextlib.contextmanager
-def _all_or_nothing(client: MlflowClient, name: str, versions: list[str]) -> Iterator[None]:
-    """Put the aliases, the history tag and the versions' promotion tags back as they were
-    if the block fails part-way (say the registry stops answering between two calls)."""
-    model = client.get_registered_model(name)
-    aliases, history = dict(model.aliases), model.tags.get(tags.CHAMPION_HISTORY)
-    version_tags = {v: {k: t for k, t in client.get_model_version(name, v).tags.items()
-                        if k.startswith(tags.PROMOTION_PREFIX)} for v in versions}
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(MlflowException):  # the original error matters more
-            _restore(client, name, aliases, history, version_tags)
-        raise
-
-
-def _restore(client: MlflowClient, name: str, aliases: dict[str, str], history: str | None,
-             version_tags: dict[str, dict[str, str]]) -> None:
-    """Undo what changed, one call at a time, so one failing call does not stop the rest."""
-    current = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
-    undo = [lambda alias=alias: client.delete_registered_model_alias(name, alias)
-            for alias in set(current) - set(aliases)]
-    undo += [lambda alias=alias, version=version: client.set_registered_model_alias(
-        name, alias, version) for alias, version in aliases.items()
-        if current.get(alias) != str(version)]
-    undo.append(lambda: client.delete_registered_model_tag(name, tags.CHAMPION_HISTORY)
-                if history is None
-                else client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, history))
-    for version, kept in version_tags.items():
-        now = client.get_model_version(name, version).tags
-        undo += [lambda v=version, k=key: client.delete_model_version_tag(name, v, k)
-                 for key in now if key.startswith(tags.PROMOTION_PREFIX) and key not in kept]
-        undo += [lambda v=version, k=key, t=value: client.set_model_version_tag(name, v, k, t)
-                 for key, value in kept.items() if now.get(key) != value]
-    for step in undo:
-        with contextlib.suppress(MlflowException):
-            step()
+        after.aliases[registry.previous_alias] = current
+    after.aliases[registry.champion_alias] = challenger
+    after.history = [*history, challenger]
+    return after
 
 
 # --- rollback -----------------------------------------------------------------------------
@@ -352,13 +324,15 @@ def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[st
               ) -> Decision:
     client, registry = MlflowClient(), params.registry
     name = registry.model_name
+    finish_pending(client, name)
     current = alias_version(client, name, registry.champion_alias)
     target = alias_version(client, name, registry.previous_alias)
-    if target is None:
-        raise PromotionError(f"{name!r} has no @{registry.previous_alias} version to roll "
-                             "back to; `tlpipe models` shows the aliases")
-    history = champion_history(client, name)
+    if target is None or target == current:
+        raise PromotionError(f"{name!r} has no @{registry.previous_alias} version other than "
+                             "the champion to roll back to; `tlpipe models` shows the aliases")
+    before = read_state(client, name, _aliases(registry), [v for v in (current, target) if v])
     # Walk back to the target's place in the history; what was champion before it is next.
+    history = before.history
     earlier = history[:len(history) - history[::-1].index(target)] if target in history \
         else [target]
     decision = Decision(name, target, current, "rollback",
@@ -366,14 +340,13 @@ def _rollback(params: Params, experiment_id: str, reason: str, run_tags: dict[st
     run_id = start_parent_run(experiment_id, f"rollback to v{target}", {
         tags.KIND: "promotion", **run_tags, **_decision_tags(decision)})
     decision.run_id = run_id
-    with finishing(run_id), _all_or_nothing(client, name, [v for v in (current, target) if v]):
-        if current is not None:
-            client.set_model_version_tag(name, current, tags.ROLLED_BACK_BY, run_id)
-        client.set_model_version_tag(name, target, tags.RESTORED_BY, run_id)
-        client.set_registered_model_tag(name, tags.CHAMPION_HISTORY, json.dumps(earlier))
-        client.set_registered_model_alias(name, registry.champion_alias, target)
-        if len(earlier) > 1:
-            client.set_registered_model_alias(name, registry.previous_alias, earlier[-2])
-        else:
-            client.delete_registered_model_alias(name, registry.previous_alias)
+    after = RegistryState(
+        {registry.champion_alias: target,
+         registry.previous_alias: earlier[-2] if len(earlier) > 1 else None},
+        earlier, {v: dict(t) for v, t in before.version_tags.items()})
+    after.version_tags[target][tags.RESTORED_BY] = run_id
+    if current is not None:
+        after.version_tags[current][tags.ROLLED_BACK_BY] = run_id
+    with finishing(run_id):
+        move(client, name, run_id, before, after)
     return decision

@@ -19,6 +19,7 @@ from mlflow.types.schema import AnyType
 import tlpipe
 from tlpipe import tags
 from tlpipe.images import load_rgb
+from tlpipe.model_integrity import record_digests
 from tlpipe.model_io import load_classifier
 from tlpipe.serving import IMAGE_COLUMN
 
@@ -55,6 +56,8 @@ def log_and_register(model_dir: Path, model_name: str, alias: str, example_image
     as "Registered models" the versions whose run id is its own. ``description`` (markdown)
     goes on the version, ``model_description`` on the registered model unless it has one.
     Idempotent per run: a retry after a partial failure reuses the version this run created.
+    The version's files are hashed as stored and the digest kept as a version tag
+    (``model_integrity``): loading refuses a version whose stored files differ.
     """
     _, spec = load_classifier(model_dir)  # fails here, before anything is registered
     client = MlflowClient()
@@ -63,6 +66,8 @@ def log_and_register(model_dir: Path, model_name: str, alias: str, example_image
     _describe_model(client, model_name, model_description[:_MAX_DESCRIPTION])
     if existing:
         version = str(existing[0].version)
+        if tags.ARTIFACTS_SHA256 not in existing[0].tags:  # the retried run failed before it
+            record_digests(client, model_name, version, run_id)
     else:
         version = _log_new_version(model_dir, model_name, spec.classes, example_image, run_id)
     if description:
@@ -107,4 +112,6 @@ def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
         [{"name": model_name, "version": version}])})
     if run_id != info.run_id:  # and the version's run lists the model among its outputs
         client.log_outputs(run_id, [LoggedModelOutput(info.model_id, step=0)])
+    # What loading checks: the digests of every stored file, the code that runs included.
+    record_digests(client, model_name, version, run_id)
     return version

@@ -33,7 +33,11 @@ ROLLED_BACK_BY, RESTORED_BY = "promotion.rolled_back_by", "promotion.restored_by
 KIND, STAGE, PID, HOST, SESSION = ("tlpipe.kind", "tlpipe.stage", "tlpipe.pid", "tlpipe.host",
                                    "tlpipe.session")
 CHAMPION_HISTORY, DECISION_KEY = "tlpipe.champion_history", "tlpipe.decision_key"
+PENDING_DECISION = "tlpipe.pending_decision"  # on the registered model: an alias move part-way
+FINISHED_BY = "tlpipe.finished_by"       # on a decision run another process completed or undid
 CLASSES = "tlpipe.classes"               # on the registered model: its class list, as JSON
+# On a model version: sha256 of the list of its stored files' digests (model_integrity.py).
+ARTIFACTS_SHA256 = "tlpipe.artifacts_sha256"
 PARENT_RUN = "mlflow.parentRunId"        # MLflow's own: how the UI nests child runs
 # MLflow's own, on the experiment: it holds model training, not GenAI work (traces, judges).
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"

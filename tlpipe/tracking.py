@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
@@ -134,10 +135,28 @@ def finishing(run_id: str) -> Iterator[None]:
     KeyboardInterrupt and termination signals included."""
     try:
         yield
+    except TrackingUnavailable:
+        raise  # nothing can be recorded now; the next run marks this one FAILED
     except BaseException as error:
+        down = _went_away(error)
+        if down is not None:
+            raise down from error
         finish_run(run_id, error)
         raise
     finish_run(run_id)
+
+
+def _went_away(error: BaseException) -> TrackingUnavailable | None:
+    """The tracking server stopped answering mid-run: one message saying so, at once, in place
+    of MLflow's traceback and of more calls that would each wait out their retries."""
+    if not isinstance(error, MlflowException):
+        return None
+    try:
+        _check_reachable(mlflow.get_tracking_uri(), timeout_s=5)
+    except TrackingUnavailable as down:
+        return TrackingUnavailable(f"{down}. The run stopped; once the server answers, `tlpipe "
+                                   "run` again reuses every stage that had finished")
+    return None
 
 
 def mark_abandoned_runs(experiment_id: str) -> list[str]:
