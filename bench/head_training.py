@@ -21,8 +21,9 @@ from torch.nn import functional
 
 from tlpipe.augment import train_transform
 from tlpipe.backbones import load_backbone
+from tlpipe.engines import torch_forward
 from tlpipe.feature_store import FeatureCache, load_split
-from tlpipe.features import extract_features, forward_features, plan_views
+from tlpipe.features import extract_features, plan_views
 from tlpipe.head import HeadSpec, build_head, train_head
 from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
 from tlpipe.stages.features import feature_spec
@@ -46,7 +47,8 @@ def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[floa
         head.train()
         for images, targets in iterate_batches(dataset, params.features.batch_size,
                                                params.features.num_workers, order.tolist()):
-            features = forward_features(backbone, images, params.features)
+            features = torch.from_numpy(torch_forward(backbone, params.features.precision,
+                                                      params.features.channels_last)(images))
             loss = functional.cross_entropy(head(features), targets,
                                             label_smoothing=params.head.label_smoothing)
             optimizer.zero_grad()
@@ -64,7 +66,8 @@ def test_accuracy(backbone, head, manifest, classes, params) -> float:
     correct = 0
     with torch.no_grad():
         for images, targets in iterate_batches(dataset, 64, 1):
-            logits = head(forward_features(backbone, images, params.features))
+            logits = head(torch.from_numpy(torch_forward(
+                backbone, params.features.precision, params.features.channels_last)(images)))
             correct += (logits.argmax(1) == targets).sum().item()
     return correct / len(dataset)
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from tlpipe.config import FeaturesConfig
+from tlpipe.engines import engine_identity
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import PLAIN_VIEW, FeatureSpec
 from tlpipe.fsio import atomic_path
 
-SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "bf16", True, 1)
+SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "onnxruntime-fp32", 1)
 
 
 def test_keys_follow_content_weights_preprocessing_and_view():
@@ -17,9 +21,20 @@ def test_keys_follow_content_weights_preprocessing_and_view():
     assert key != SPEC.key("a" * 64, 2)
     assert key != FeatureSpec("other", *list(SPEC.__dict__.values())[1:]).key("a" * 64, 1)
     # The plain view does not depend on the augmentation policy.
-    other_policy = FeatureSpec("weights", {"input_size": 224}, {}, "bf16", True, 1)
+    other_policy = FeatureSpec("weights", {"input_size": 224}, {}, "onnxruntime-fp32", 1)
     assert SPEC.key("a" * 64, PLAIN_VIEW) == other_policy.key("a" * 64, PLAIN_VIEW)
     assert SPEC.key("a" * 64, 1) != other_policy.key("a" * 64, 1)
+
+
+@pytest.mark.parametrize("settings", [{"engine": "torch"}, {"engine": "torch", "precision": "fp32"},
+                                      {"engine": "torch", "channels_last": False}])
+def test_features_of_different_engines_or_precisions_never_share_a_key(settings):
+    default = FeaturesConfig()
+    other = default.model_copy(update=settings)
+    assert engine_identity(other) != engine_identity(default)
+    spec = dataclasses.replace(SPEC, engine=engine_identity(other))
+    for view in (PLAIN_VIEW, 1):
+        assert spec.key("a" * 64, view) != SPEC.key("a" * 64, view)
 
 
 def test_cache_round_trip_leaves_no_temporary_files(tmp_path):

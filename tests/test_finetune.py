@@ -81,3 +81,16 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
     assert resumed.history.epochs == whole.history.epochs
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_loader_threads_change_nothing_the_model_learns(backbone, data, tmp_path):
+    """Augmentation draws from per-image seeds and dropout holds the global RNG: two runs,
+    inline and with three loader threads, end byte-identical."""
+    runs = [finetune(backbone, _head(backbone), data,
+                     CONFIG.model_copy(update={"epochs": 1, "batch_size": 1,
+                                             "num_workers": workers}),
+                     AugmentConfig(), 5, tmp_path / f"workers{workers}.pt")
+            for workers in (0, 3)]
+    assert runs[0].history.epochs == runs[1].history.epochs
+    for key, value in runs[0].model.state_dict().items():
+        assert torch.equal(value, runs[1].model.state_dict()[key]), key

@@ -105,8 +105,17 @@ class BackboneConfig(Section):
 class FeaturesConfig(Section):
     views: PositiveInt = 2  # augmented views per training image
     batch_size: PositiveInt = 32
-    precision: Literal["fp32", "bf16"] = "bf16"
-    channels_last: bool = True
+    # What runs the frozen backbone (tlpipe.engines; bench/engines.py measures them):
+    # onnxruntime (float32, the fastest on CPUs) or torch (at precision, memory format below).
+    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
+    precision: Literal["fp32", "bf16"] = "bf16"  # the torch engine's
+    channels_last: bool = True  # the torch engine's
+    # An engine other than torch float32 is checked against it on real images before first
+    # use, and refused if some image's features differ by more than this 1 - cosine.
+    max_cosine_distance: PositiveFloat = 1e-3
+    # Exported graphs and their fidelity records, keyed by content (weights, input size,
+    # exporter): one export per machine and backbone, shared by every project.
+    engine_dir: Path = Path("~/.cache/tlpipe/engines")
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
     cache_dir: Path = Path(".cache/features")
     # Split extraction into this many Prefect task runs (workers can take them in parallel);
@@ -160,6 +169,11 @@ class FinetuneConfig(Section):
     batch_size: PositiveInt = 16
     patience: PositiveInt = 2
     checkpoint_dir: Path = Path(".cache/checkpoints")
+    # bf16 autocast and channels-last: the frozen blocks, most of the forward pass, run at the
+    # speed of the feature step; gradients and the optimizer stay float32.
+    precision: Literal["fp32", "bf16"] = "bf16"
+    channels_last: bool = True
+    num_workers: Annotated[int, Field(ge=0)] = 2  # decoding threads ahead of training
     # More than 1: fine-tune under torchrun with this many processes (DistributedDataParallel,
     # each process a share of every batch, so the result matches one process).
     processes: PositiveInt = 1

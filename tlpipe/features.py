@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from tlpipe.augment import train_transform, view_seed
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
+from tlpipe.engines import check_fidelity, feature_engine
 from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
@@ -31,7 +32,7 @@ PLAIN_VIEW = 0  # views 1..N are augmented; view 0 is the evaluation preprocessi
 
 # The code that turns an image file into a vector: decoding, transforms, backbone, forward pass.
 _VECTOR_CODE = ("tlpipe.images", "tlpipe.preprocess", "tlpipe.augment", "tlpipe.backbones",
-                __name__)
+                "tlpipe.engines", __name__)
 
 
 @functools.cache
@@ -47,8 +48,7 @@ class FeatureSpec:
     weights_digest: str
     preprocessing: dict
     augment: dict
-    precision: str
-    channels_last: bool
+    engine: str  # engines.engine_identity: engine and precision
     seed: int
     code_digest: str = field(default_factory=vector_code_digest)
 
@@ -56,7 +56,7 @@ class FeatureSpec:
         # The augmentation policy and seed only matter for augmented views.
         policy = (self.augment, self.seed) if view != PLAIN_VIEW else None
         return sha256_text(sha256, self.weights_digest, sorted(self.preprocessing.items()),
-                           policy, self.precision, self.channels_last, view, self.code_digest)
+                           policy, self.engine, view, self.code_digest)
 
 
 @dataclass
@@ -82,20 +82,6 @@ def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.Data
     return pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "view", "key"])
 
 
-def autocast_context(precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def forward_features(backbone: Backbone, batch: torch.Tensor, config: FeaturesConfig
-                     ) -> torch.Tensor:
-    if config.channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast_context(config.precision):
-        return backbone.model(batch).float()
-
-
 @contextlib.contextmanager
 def memory_format(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
     """Channels-last for the duration only: the backbone is shared with fine-tuning in one
@@ -114,7 +100,7 @@ def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                      config: FeaturesConfig, augment: AugmentConfig, seed: int,
                      cache: FeatureCache) -> ExtractionStats:
     """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
-    with memory_format(backbone.model, config.channels_last):
+    with memory_format(backbone.model, config.channels_last and config.engine == "torch"):
         return _extract(plan, data_root, backbone, config, augment, seed, cache)
 
 
@@ -124,6 +110,8 @@ def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: Fe
     missing = plan[[key not in cache for key in plan["key"]]].drop_duplicates("key")
     plain, augmented = eval_transform(backbone.preprocessing), train_transform(
         backbone.preprocessing, augment)
+    engine = feature_engine(backbone, config, config.engine_dir.expanduser()) \
+        if len(missing) else None
     computed = 0
     for is_plain, group in missing.groupby(missing["view"] == PLAIN_VIEW):
         seeds = None if is_plain else [view_seed(s, v, seed)
@@ -135,7 +123,8 @@ def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: Fe
         with tqdm(total=len(dataset), desc=label, unit="img") as progress:
             for images, indices in iterate_batches(dataset, config.batch_size,
                                                    config.num_workers):
-                vectors = forward_features(backbone, images, config).numpy()
+                check_fidelity(engine, backbone, images, config)  # once, before any is kept
+                vectors = engine.forward(images)
                 for index, vector in zip(indices.tolist(), vectors, strict=True):
                     cache.put(keys[index], vector)
                 computed += len(indices)

@@ -8,6 +8,7 @@ optimizer moments, schedule position and RNG state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -24,10 +25,10 @@ from tqdm.auto import tqdm
 from tlpipe.augment import train_transform
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
-from tlpipe.fsio import write_atomic
+from tlpipe.fsio import sha256_text, write_atomic
 from tlpipe.head import TrainingHistory, class_weights
 from tlpipe.model_io import Classifier
-from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.preprocess import GLOBAL_RNG, ImageFolderRows, eval_transform, iterate_batches
 from tlpipe.torchrun import Rank
 
 
@@ -60,7 +61,7 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
 
 # What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
 # checkpoint written by another version of this module is never found, let alone misread.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 @dataclass
@@ -87,21 +88,38 @@ class FinetuneResult:
         return self.history.best_epoch >= 0
 
 
+def sha256_seed(*parts: object) -> int:
+    return int(sha256_text(*parts)[:15], 16)
+
+
 def _trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _evaluate(model: Classifier, dataset: ImageFolderRows, batch_size: int, device: torch.device,
-              rank: Rank) -> tuple[float, float]:
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    return (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext())
+
+
+def _on(device: torch.device, images: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:
+    images = images.to(device)
+    return images.contiguous(memory_format=torch.channels_last) if config.channels_last \
+        else images
+
+
+def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfig,
+              device: torch.device, rank: Rank) -> tuple[float, float]:
     """Validation loss and accuracy; under torch.distributed each process scores its share
     and the sums are combined, so every process takes the same early-stopping decision."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.inference_mode():
         order = rank.of(list(range(len(dataset))), pad=False)
-        for images, labels in iterate_batches(dataset, batch_size, workers=1, order=order):
-            images, labels = images.to(device), labels.to(device)
-            logits = model(images)
+        for images, labels in iterate_batches(dataset, config.batch_size,
+                                              workers=max(config.num_workers, 1), order=order):
+            images, labels = _on(device, images, config), labels.to(device)
+            with _autocast(device, config.precision):
+                logits = model(images).float()
             totals += torch.tensor([
                 functional.cross_entropy(logits, labels, reduction="sum").item(),
                 (logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
@@ -122,6 +140,8 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     rank, device = Rank.current(), _device()
     torch.manual_seed(seed + rank.index)  # each process its own augmentation draws
     model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head)).to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     blocks = _matching_blocks(backbone, model.backbone)
     groups = parameter_groups(model, blocks, config)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -137,8 +157,6 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     # Without an augmentation policy, training images look as they do at evaluation.
     training_view = (train_transform(backbone.preprocessing, augment) if augment is not None
                      else eval_transform(backbone.preprocessing))
-    train_set = ImageFolderRows(data.root, data.train_paths, training_view,
-                                labels=data.train_labels)
     val_set = ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
                               labels=data.val_labels)
 
@@ -162,7 +180,7 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         # The model fine-tuning starts from is the one to beat: an epoch becomes the best only
         # with a lower validation loss and no lower accuracy than the start.
         started = time.perf_counter()
-        loss, accuracy = _evaluate(model, val_set, config.batch_size, device, rank)
+        loss, accuracy = _evaluate(model, val_set, config, device, rank)
         validation_s = time.perf_counter() - started
         history.start = {"val_loss": loss, "val_accuracy": accuracy}
         best_state, best_loss = copy.deepcopy(model.state_dict()), loss
@@ -173,24 +191,29 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                                         validation_s, rank.index == 0)
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        order = torch.randperm(len(train_set),
+        order = torch.randperm(len(data.train_paths),
                                generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        # Inline loading: augmentation and dropout then draw from one RNG stream in one
-        # order, so a run (and a resumed run) is reproducible.
-        batches = iterate_batches(train_set, batch_size, workers=0, order=rank.of(order))
+        # Each image's augmentation draws from its own seed for this epoch, so loader threads
+        # can run ahead in any order and a run (and a resumed run) is still reproducible.
+        train_set = ImageFolderRows(data.root, data.train_paths, training_view,
+                                    [sha256_seed(path, epoch, seed) for path in data.train_paths],
+                                    data.train_labels)
+        batches = iterate_batches(train_set, batch_size, config.num_workers, rank.of(order))
         total, seen = 0.0, 0
         for images, labels in tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
                                    unit="batch", total=steps_per_epoch,
                                    disable=rank.index > 0):
-            images, labels = images.to(device), labels.to(device)
-            loss = functional.cross_entropy(forward(images), labels, weight=weights)
+            images, labels = _on(device, images, config), labels.to(device)
+            with GLOBAL_RNG, _autocast(device, config.precision):  # dropout draws
+                logits = forward(images).float()
+            loss = functional.cross_entropy(logits, labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
             forecast.batch_done()
-        val_loss, val_accuracy = _evaluate(model, val_set, config.batch_size, device, rank)
+        val_loss, val_accuracy = _evaluate(model, val_set, config, device, rank)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "val_accuracy": val_accuracy}
         history.record(**record)
@@ -214,6 +237,7 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)
     return FinetuneResult(model.eval().cpu(), history, resumed_from, epochs_run,
                           forecast.estimate)
 

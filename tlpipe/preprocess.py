@@ -41,8 +41,11 @@ def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
     return v2.Compose([*fit, v2.ToImage(), *to_normalised(preprocessing)])
 
 
-# torch's RNG is process-wide: seeded transforms in loader threads must take turns.
-_SEEDED_TRANSFORM = threading.Lock()
+# torch's RNG is process-wide: seeded transforms in loader threads take turns, and save and
+# restore the global state around their draws. Code that draws from the global RNG itself
+# (dropout in training) while such threads run holds this lock too, so no draw of its own is
+# ever rewound.
+GLOBAL_RNG = threading.Lock()
 
 
 class ImageFolderRows(Dataset):
@@ -65,7 +68,7 @@ class ImageFolderRows(Dataset):
         else:
             # A private RNG stream per item keeps cached views reproducible whatever the
             # batching or worker count, without disturbing the caller's RNG.
-            with _SEEDED_TRANSFORM, torch.random.fork_rng(devices=[]):
+            with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 tensor = self.transform(image)
         return tensor, (self.labels[index] if self.labels is not None else index)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.backbones import Backbone, backbone_for
 from tlpipe.config import Params
+from tlpipe.engines import engine_identity
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import FeatureSpec, extract_features, plan_views, save_plan, shard_of
 from tlpipe.fsio import write_json
@@ -33,8 +34,8 @@ STAGE = __name__.rpartition(".")[2]
 def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
     return FeatureSpec(
         weights_digest=backbone.weights_digest, preprocessing=backbone.preprocessing.to_dict(),
-        augment=params.augment.model_dump(mode="json"), precision=params.features.precision,
-        channels_last=params.features.channels_last, seed=params.seed,
+        augment=params.augment.model_dump(mode="json"),
+        engine=engine_identity(params.features), seed=params.seed,
     )
 
 

@@ -1,0 +1,133 @@
+"""Engines that run the frozen backbone for feature extraction.
+
+``torch`` runs the backbone in PyTorch at ``features.precision`` and memory format.
+``onnxruntime`` runs the same backbone exported once to ONNX, in float32: on these CPUs it
+is several times faster than PyTorch's bf16 eager forward and closer to the float32 features
+(``bench/engines.py`` prints both). The exported graph is keyed by what decides it (the
+weights, the input size, the exporter and opset) and kept beside the feature cache, so it is
+made once. Before an exported engine's first use its features are compared with PyTorch
+float32 on real images; one further than ``features.max_cosine_distance`` is refused. (Torch
+in bf16 is about 1.3e-3 from float32 here: a precision the user picks knowingly.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlpipe.backbones import Backbone
+from tlpipe.config import FeaturesConfig
+from tlpipe.errors import SettingsError
+from tlpipe.fsio import atomic_path, sha256_text, write_json
+
+OPSET = 18
+
+
+class EngineRefused(SettingsError):
+    """An engine whose features are not the float32 features: nothing it computed is kept."""
+
+
+def engine_identity(config: FeaturesConfig) -> str:
+    """What, besides the image and the weights, decides an engine's numbers: part of every
+    feature's cache key, so features of different engines or precisions never mix."""
+    if config.engine == "onnxruntime":
+        return "onnxruntime-fp32"
+    return f"torch-{config.precision}" + ("-channels_last" if config.channels_last else "")
+
+
+@dataclass
+class Engine:
+    identity: str
+    forward: Callable[[torch.Tensor], np.ndarray]  # normalised NCHW batch -> float32 features
+    checked: Path | None  # where the fidelity check is recorded; None: no check needed
+
+
+def torch_forward(backbone: Backbone, precision: str, channels_last: bool
+                  ) -> Callable[[torch.Tensor], np.ndarray]:
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            return backbone.model(batch).float().numpy()
+    return forward
+
+
+def feature_engine(backbone: Backbone, config: FeaturesConfig, engine_dir: Path) -> Engine:
+    """The configured engine for ``backbone``; the ONNX graph is exported on first use."""
+    identity = engine_identity(config)
+    if config.engine == "torch":  # its precision is the user's own, documented choice
+        return Engine(identity, torch_forward(backbone, config.precision, config.channels_last),
+                      None)
+    graph = _exported(backbone, engine_dir)
+    return Engine(identity, _onnxruntime_forward(graph), graph.with_suffix(".json"))
+
+
+def _exported(backbone: Backbone, engine_dir: Path) -> Path:
+    size = backbone.preprocessing.input_size
+    key = sha256_text(backbone.weights_digest, size, torch.__version__, OPSET)[:16]
+    graph = engine_dir / f"{backbone.name.replace('/', '_')}-{key}.onnx"
+    if graph.is_file():
+        return graph
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, size, size)
+    with atomic_path(graph) as temporary:
+        torch.onnx.export(backbone.model.eval(), (example,), str(temporary),
+                          input_names=["pixels"], output_names=["features"],
+                          opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return graph
+
+
+def _onnxruntime_forward(graph: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    # Busy-waiting threads would take the cores the image decoders need between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(graph), options,
+                                           providers=["CPUExecutionProvider"])
+
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        return session.run(None, {"pixels": batch.contiguous().numpy()})[0]
+    return forward
+
+
+def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - cos per row, in float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return 1.0 - (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def check_fidelity(engine: Engine, backbone: Backbone, batch: torch.Tensor,
+                   config: FeaturesConfig) -> None:
+    """Compare ``engine`` with PyTorch float32 on ``batch`` (real images) once; record the
+    result beside the engine, or refuse the engine."""
+    if engine.checked is None or engine.checked.is_file():
+        return
+    reference = torch_forward(backbone, "fp32", channels_last=False)(batch)
+    worst = float(cosine_distances(engine.forward(batch), reference).max())
+    if worst > config.max_cosine_distance:
+        raise EngineRefused(
+            f"features.engine {config.engine!r} ({engine.identity}): its features differ from "
+            f"PyTorch float32 by 1-cos {worst:.2e} on {len(batch)} images, more than "
+            f"features.max_cosine_distance={config.max_cosine_distance:g}. Nothing it computed "
+            "was kept; use features.engine: torch with features.precision: fp32")
+    write_json(engine.checked, {"engine": engine.identity, "images": len(batch),
+                                "max_cosine_distance": worst,
+                                "threshold": config.max_cosine_distance})
+
+
+def recorded_fidelity(engine: Engine) -> dict | None:
+    if engine.checked is None or not engine.checked.is_file():
+        return None
+    return json.loads(engine.checked.read_text())
