@@ -68,6 +68,11 @@ def fine_tuning(project: Path):
     return list((project / ".cache" / "checkpoints").glob("*/last.pt"))
 
 
+def extracting_features(project: Path):
+    """Mid-run: its stage run opened, the stage's own MLflow calls still to come."""
+    return list((project / ".cache" / "features").rglob("*.npy"))
+
+
 def gone(server: psutil.Process, within_s: float) -> bool:
     try:
         server.wait(timeout=within_s)
@@ -117,7 +122,7 @@ def test_a_tracking_server_stopped_mid_run_fails_it_in_under_a_minute_with_one_m
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), server, tmp_path, 120)
         process, project = start_run(tmp_path, {
             "tracking": {"tracking_uri": f"http://127.0.0.1:{port}"}})
-        wait_for(lambda: fine_tuning(project), process, tmp_path)
+        wait_for(lambda: extracting_features(project), process, tmp_path)
         stopped = time.monotonic()
         os.killpg(server.pid, signal.SIGKILL)
         process.wait(timeout=300)

@@ -13,7 +13,6 @@ in bf16 is about 1.3e-3 from float32 here: a precision the user picks knowingly.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +124,3 @@ def check_fidelity(engine: Engine, backbone: Backbone, batch: torch.Tensor,
     write_json(engine.checked, {"engine": engine.identity, "images": len(batch),
                                 "max_cosine_distance": worst,
                                 "threshold": config.max_cosine_distance})
-
-
-def recorded_fidelity(engine: Engine) -> dict | None:
-    if engine.checked is None or not engine.checked.is_file():
-        return None
-    return json.loads(engine.checked.read_text())
