@@ -41,14 +41,14 @@ def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[floa
                                dropout=params.head.dropout))
     optimizer = torch.optim.AdamW(head.parameters(), lr=params.head.lr,
                                   weight_decay=params.head.weight_decay)
+    forward = torch_forward(backbone, params.features.precision, params.features.channels_last)
     start = time.perf_counter()
     for epoch in range(epochs):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(epoch))
         head.train()
         for images, targets in iterate_batches(dataset, params.features.batch_size,
                                                params.features.num_workers, order.tolist()):
-            features = torch.from_numpy(torch_forward(backbone, params.features.precision,
-                                                      params.features.channels_last)(images))
+            features = torch.from_numpy(forward(images))
             loss = functional.cross_entropy(head(features), targets,
                                             label_smoothing=params.head.label_smoothing)
             optimizer.zero_grad()
@@ -63,11 +63,11 @@ def test_accuracy(backbone, head, manifest, classes, params) -> float:
     dataset = ImageFolderRows(DEMO, test["path"].tolist(), eval_transform(backbone.preprocessing),
                               labels=[classes.index(label) for label in test["label"]])
     head.eval()
+    forward = torch_forward(backbone, params.features.precision, params.features.channels_last)
     correct = 0
     with torch.no_grad():
         for images, targets in iterate_batches(dataset, 64, 1):
-            logits = head(torch.from_numpy(torch_forward(
-                backbone, params.features.precision, params.features.channels_last)(images)))
+            logits = head(torch.from_numpy(forward(images)))
             correct += (logits.argmax(1) == targets).sum().item()
     return correct / len(dataset)
 

@@ -47,14 +47,19 @@ class Engine:
     checked: Path | None  # where the fidelity check is recorded; None: no check needed
 
 
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device_type``, or nothing for fp32: feature extraction and
+    fine-tuning choose their precision the same way."""
+    return (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext())
+
+
 def torch_forward(backbone: Backbone, precision: str, channels_last: bool
                   ) -> Callable[[torch.Tensor], np.ndarray]:
     def forward(batch: torch.Tensor) -> np.ndarray:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast("cpu", precision):
             return backbone.model(batch).float().numpy()
     return forward
 

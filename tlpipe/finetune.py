@@ -8,7 +8,6 @@ optimizer moments, schedule position and RNG state.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from tlpipe.augment import train_transform
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
+from tlpipe.engines import autocast
 from tlpipe.fsio import sha256_text, write_atomic
 from tlpipe.head import TrainingHistory, class_weights
 from tlpipe.model_io import Classifier
@@ -96,11 +96,6 @@ def _trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    return (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-            else contextlib.nullcontext())
-
-
 def _on(device: torch.device, images: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:
     images = images.to(device)
     return images.contiguous(memory_format=torch.channels_last) if config.channels_last \
@@ -118,7 +113,7 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
         for images, labels in iterate_batches(dataset, config.batch_size,
                                               workers=max(config.num_workers, 1), order=order):
             images, labels = _on(device, images, config), labels.to(device)
-            with _autocast(device, config.precision):
+            with autocast(device.type, config.precision):
                 logits = model(images).float()
             totals += torch.tensor([
                 functional.cross_entropy(logits, labels, reduction="sum").item(),
@@ -204,7 +199,7 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                                    unit="batch", total=steps_per_epoch,
                                    disable=rank.index > 0):
             images, labels = _on(device, images, config), labels.to(device)
-            with GLOBAL_RNG, _autocast(device, config.precision):  # dropout draws
+            with GLOBAL_RNG, autocast(device.type, config.precision):  # dropout draws
                 logits = forward(images).float()
             loss = functional.cross_entropy(logits, labels, weight=weights)
             optimizer.zero_grad()
