@@ -19,13 +19,14 @@ import torch
 from common import DEMO, demo_manifest
 from torch.nn import functional
 
-from tlpipe.augment import train_transform
+from tlpipe.augment import train_decode_side, train_transform
 from tlpipe.backbones import load_backbone
+from tlpipe.devices import CPU
 from tlpipe.engines import torch_forward
 from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.features import extract_features, plan_views
 from tlpipe.head import HeadSpec, build_head, train_head
-from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.preprocess import ImageFolderRows, iterate_batches
 from tlpipe.stages.features import feature_spec
 
 
@@ -36,6 +37,7 @@ def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[floa
     labels = [classes.index(label) for label in train["label"]]
     dataset = ImageFolderRows(DEMO, train["path"].tolist(),
                               train_transform(backbone.preprocessing, params.augment),
+                              train_decode_side(backbone.preprocessing, params.augment),
                               labels=labels)
     head = build_head(HeadSpec("linear", backbone.num_features, len(classes),
                                dropout=params.head.dropout))
@@ -60,8 +62,8 @@ def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[floa
 
 def test_accuracy(backbone, head, manifest, classes, params) -> float:
     test = manifest[manifest["split"] == "test"]
-    dataset = ImageFolderRows(DEMO, test["path"].tolist(), eval_transform(backbone.preprocessing),
-                              labels=[classes.index(label) for label in test["label"]])
+    dataset = ImageFolderRows.for_evaluation(DEMO, test["path"].tolist(), backbone.preprocessing,
+                                             [classes.index(label) for label in test["label"]])
     head.eval()
     forward = torch_forward(backbone, params.features.precision, params.features.channels_last)
     correct = 0
@@ -79,7 +81,7 @@ def cached(backbone, manifest, classes, params, epochs: int) -> tuple[float, flo
         cache = FeatureCache(Path(directory))
         start = time.perf_counter()
         extract_features(plan, DEMO, backbone, params.features, params.augment, params.seed,
-                         cache)
+                         cache, CPU)
         extracted = time.perf_counter()
         head, _ = train_head(*load_split(plan, cache, "train", classes),
                              *load_split(plan, cache, "val", classes),

@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from tests.images import write_shapes
 from tlpipe.backbones import backbone_for
 from tlpipe.config import parse_params
+from tlpipe.devices import resolve_device
 from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.features import extract_features, plan_views
 from tlpipe.head import class_order
@@ -102,7 +103,7 @@ def baselines(params, project: Path, seed: int) -> list[tuple[str, float, float,
                       1, feature_spec(params, backbone))
     cache = FeatureCache(project / ".cache" / "features")
     extract_features(plan, params.data.root, backbone, params.features, params.augment,
-                     params.seed, cache)
+                     params.seed, cache, resolve_device(params.device))
     (fit_x, fit_y), (test_x, test_y) = (load_split(plan, cache, split, classes)
                                         for split in ("fit", "test"))
     predicted = probe(fit_x.numpy(), fit_y.numpy(), test_x.numpy(), seed)

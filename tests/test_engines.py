@@ -11,10 +11,11 @@ import pytest
 from tests.conftest import DEMO
 from tlpipe.backbones import load_backbone
 from tlpipe.config import FeaturesConfig, parse_params
+from tlpipe.devices import CPU
 from tlpipe.engines import EngineRefused, cosine_distances, feature_engine, torch_forward
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import extract_features, plan_views
-from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.preprocess import ImageFolderRows, iterate_batches
 from tlpipe.stages.features import feature_spec
 
 
@@ -26,7 +27,7 @@ def backbone():
 @pytest.fixture(scope="module")
 def images(backbone):
     paths = sorted(p.relative_to(DEMO).as_posix() for p in (DEMO / "val").rglob("*.jpg"))[::9]
-    dataset = ImageFolderRows(DEMO, paths, eval_transform(backbone.preprocessing))
+    dataset = ImageFolderRows.for_evaluation(DEMO, paths, backbone.preprocessing)
     [(batch, _)] = iterate_batches(dataset, batch_size=len(paths))
     return paths, batch
 
@@ -34,12 +35,12 @@ def images(backbone):
 def test_onnxruntime_matches_torch_fp32_and_its_graph_is_made_once(backbone, images,
                                                                      tmp_path):
     _, batch = images
-    engine = feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path)
+    engine = feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path, CPU)
     [graph] = tmp_path.glob("*.onnx")
     made = graph.stat().st_mtime_ns
     exact = torch_forward(backbone, "fp32", channels_last=False)(batch)
     assert cosine_distances(engine.forward(batch), exact).max() < 1e-6
-    feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path)
+    feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path, CPU)
     assert graph.stat().st_mtime_ns == made
 
 
@@ -61,7 +62,7 @@ def test_the_fidelity_check_is_recorded_once_and_refuses_a_distant_engine(backbo
 
         def extract(params=params, plan=plan, store=store):
             return extract_features(plan, DEMO, backbone, params.features, params.augment,
-                                    params.seed, store)
+                                    params.seed, store, CPU)
         if cache == "kept":
             assert extract().computed == len(paths)
             [record] = (tmp_path / cache / "engines").glob("*.json")

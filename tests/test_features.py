@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tlpipe.config import FeaturesConfig
+from tlpipe.devices import CPU
 from tlpipe.engines import engine_identity
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import PLAIN_VIEW, FeatureSpec
@@ -31,8 +32,8 @@ def test_keys_follow_content_weights_preprocessing_and_view():
 def test_features_of_different_engines_or_precisions_never_share_a_key(settings):
     default = FeaturesConfig()
     other = default.model_copy(update=settings)
-    assert engine_identity(other) != engine_identity(default)
-    spec = dataclasses.replace(SPEC, engine=engine_identity(other))
+    assert engine_identity(other, CPU) != engine_identity(default, CPU)
+    spec = dataclasses.replace(SPEC, engine=engine_identity(other, CPU))
     for view in (PLAIN_VIEW, 1):
         assert spec.key("a" * 64, view) != SPEC.key("a" * 64, view)
 

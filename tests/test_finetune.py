@@ -8,6 +8,7 @@ import torch
 from tests.conftest import copy_slice
 from tlpipe.backbones import load_backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
+from tlpipe.devices import CPU
 from tlpipe.finetune import FinetuneData, finetune, parameter_groups
 from tlpipe.head import HeadSpec, build_head
 from tlpipe.model_io import Classifier
@@ -42,7 +43,7 @@ def test_batchnorm_statistics_stay_bit_identical_through_an_epoch(backbone, data
               if "running" in k or "num_batches" in k}
     config = CONFIG.model_copy(update={"epochs": 1})
     result = finetune(backbone, _head(backbone), data, config, AugmentConfig(), 0,
-                      tmp_path / "ck.pt")
+                      tmp_path / "ck.pt", CPU)
     after = result.model.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # Weights of the unfrozen top did move, so the epoch really trained.
@@ -66,16 +67,16 @@ def test_learning_rates_shrink_deeper_and_only_the_top_blocks_train(backbone):
 def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
         backbone, data, tmp_path):
     whole = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3,
-                     tmp_path / "whole.pt")
+                     tmp_path / "whole.pt", CPU)
 
     def stop_after_first_epoch(epoch, record):
         raise KeyboardInterrupt
 
     checkpoint = tmp_path / "split.pt"
     with pytest.raises(KeyboardInterrupt):
-        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint,
+        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU,
                  on_epoch_end=stop_after_first_epoch)
-    resumed = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint)
+    resumed = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU)
     assert resumed.resumed_from_epoch == 0 and resumed.epochs_run == 1
     assert [e["epoch"] for e in resumed.history.epochs] == [0, 1]
     assert resumed.history.epochs == whole.history.epochs
@@ -89,7 +90,7 @@ def test_loader_threads_change_nothing_the_model_learns(backbone, data, tmp_path
     runs = [finetune(backbone, _head(backbone), data,
                      CONFIG.model_copy(update={"epochs": 1, "batch_size": 1,
                                              "num_workers": workers}),
-                     AugmentConfig(), 5, tmp_path / f"workers{workers}.pt")
+                     AugmentConfig(), 5, tmp_path / f"workers{workers}.pt", CPU)
             for workers in (0, 3)]
     assert runs[0].history.epochs == runs[1].history.epochs
     for key, value in runs[0].model.state_dict().items():

@@ -50,3 +50,24 @@ def test_decompression_bomb_is_reported_from_its_header_without_decoding(tmp_pat
     assert not info.decodable
     assert (info.width, info.height) == (20_000, 20_000)
     assert "not decoded" in info.error
+
+
+def test_large_jpegs_decode_at_reduced_size_the_same_way_in_training_and_serving(tmp_path):
+    """A 2400x1800 JPEG asked for a shorter side of 256 decodes at 1/4 scale (600x450), not
+    below; EXIF rotation still applies; a PNG is never reduced; the served model's decoding
+    of the same bytes gives the same pixels."""
+    from tlpipe.serving import as_image
+
+    gradient = np.linspace(0, 255, 2400, dtype=np.uint8)
+    photo = Image.fromarray(np.stack([np.tile(gradient, (1800, 1))] * 3, axis=2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: width and height swap when applied
+    photo.save(tmp_path / "photo.jpg", quality=90, exif=exif)
+    photo.save(tmp_path / "photo.png")
+    assert load_rgb(tmp_path / "photo.jpg").size == (1800, 2400)
+    reduced = load_rgb(tmp_path / "photo.jpg", min_side=256)
+    assert reduced.size == (450, 600)
+    assert load_rgb(tmp_path / "photo.jpg", min_side=500).size == (900, 1200)
+    assert load_rgb(tmp_path / "photo.png", min_side=256).size == (2400, 1800)
+    served = as_image((tmp_path / "photo.jpg").read_bytes(), min_side=256)
+    assert np.array_equal(np.asarray(served), np.asarray(reduced))

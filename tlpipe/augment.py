@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -29,6 +30,12 @@ def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.
         jitter = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     return v2.Compose(steps + to_normalised(preprocessing))
+
+
+def train_decode_side(preprocessing: Preprocessing, augment: AugmentConfig) -> int:
+    """The shorter side an image needs for the smallest random crop (``crop_scale``'s lower
+    end, at the narrowest aspect ratio 3/4) to still cover the input at full resolution."""
+    return math.ceil(preprocessing.input_size / math.sqrt(augment.crop_scale[0] * 3 / 4))
 
 
 def view_seed(sha256: str, view: int, seed: int) -> int:

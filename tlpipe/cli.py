@@ -270,7 +270,9 @@ def predict(
     with tempfile.TemporaryDirectory(prefix="tlpipe-model-") as folder:
         local = download_verified(registered.name, str(registered.version), Path(folder))
         try:
-            loaded = mlflow.pyfunc.load_model(str(local))
+            loaded = mlflow.pyfunc.load_model(str(local), model_config={
+                "device": settings.device,
+                "features": settings.features.model_dump(mode="json")})
         except Exception as error:
             _fail(f"cannot load {uri}: {error}. {hint}", 1)
         frame = predict_files(loaded, files, batch_size)

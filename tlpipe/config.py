@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -29,6 +30,18 @@ from tlpipe.errors import SettingsError
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N (N: the GPU's index)"
+
+
+def _device_setting(value: str) -> str:
+    if not DEVICE_SETTING.fullmatch(value):
+        raise ValueError(f"expected {DEVICE_CHOICES}")
+    return value
+
+
+# auto (the first GPU PyTorch sees, else the CPU) | cpu | cuda | cuda:N (tlpipe.devices)
+Device = Annotated[str, AfterValidator(_device_setting)]
 
 
 class ConfigError(SettingsError):
@@ -106,9 +119,10 @@ class FeaturesConfig(Section):
     views: PositiveInt = 2  # augmented views per training image
     batch_size: PositiveInt = 32
     # What runs the frozen backbone (tlpipe.engines; bench/engines.py measures them):
-    # onnxruntime (float32, the fastest on CPUs) or torch (at precision, memory format below).
-    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
-    precision: Literal["fp32", "bf16"] = "bf16"  # the torch engine's
+    # onnxruntime (float32 on the CPU, the fastest there), torch (on the device, at the
+    # precision and memory format below), or auto: torch on a GPU, onnxruntime on the CPU.
+    engine: Literal["auto", "onnxruntime", "torch"] = "auto"
+    precision: Literal["fp32", "bf16"] = "bf16"  # the torch engine's (fp32 on GPUs without bf16)
     channels_last: bool = True  # the torch engine's
     # An engine other than torch float32 is checked against it on real images before first
     # use, and refused if some image's features differ by more than this 1 - cosine.
@@ -245,6 +259,7 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 42
+    device: Device = "auto"  # where features, heads, fine-tuning and evaluation run
     outputs_dir: Path = Path("outputs")  # the DVC stages' outputs (dvc.yaml names them)
     runs_dir: Path = Path("runs")        # each `tlpipe run` writes its outputs in runs/<run id>
     data: DataConfig = DataConfig()

@@ -1,7 +1,8 @@
 """Engines that run the frozen backbone for feature extraction.
 
-``torch`` runs the backbone in PyTorch at ``features.precision`` and memory format.
-``onnxruntime`` runs the same backbone exported once to ONNX, in float32: on these CPUs it
+``torch`` runs the backbone in PyTorch on the device, at ``features.precision`` and memory
+format. ``onnxruntime`` runs the same backbone exported once to ONNX, in float32 on the CPU
+(``auto``, the default, picks it on CPUs and torch on GPUs): on these CPUs it
 is several times faster than PyTorch's bf16 eager forward and closer to the float32 features
 (``bench/engines.py`` prints both). The exported graph is keyed by what decides it (the
 weights, the input size, the exporter and opset) and kept beside the feature cache, so it is
@@ -13,7 +14,7 @@ in bf16 is about 1.3e-3 from float32 here: a precision the user picks knowingly.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 
 from tlpipe.backbones import Backbone
 from tlpipe.config import FeaturesConfig
+from tlpipe.devices import CPU, precision_on, to_device
 from tlpipe.errors import SettingsError
 from tlpipe.fsio import atomic_path, sha256_text, write_json
 
@@ -32,12 +34,19 @@ class EngineRefused(SettingsError):
     """An engine whose features are not the float32 features: nothing it computed is kept."""
 
 
-def engine_identity(config: FeaturesConfig) -> str:
+def engine_name(config: FeaturesConfig, device: torch.device) -> str:
+    if config.engine != "auto":
+        return config.engine
+    return "torch" if device.type == "cuda" else "onnxruntime"
+
+
+def engine_identity(config: FeaturesConfig, device: torch.device) -> str:
     """What, besides the image and the weights, decides an engine's numbers: part of every
-    feature's cache key, so features of different engines or precisions never mix."""
-    if config.engine == "onnxruntime":
-        return "onnxruntime-fp32"
-    return f"torch-{config.precision}" + ("-channels_last" if config.channels_last else "")
+    feature's cache key, so features of different engines, precisions or devices never mix."""
+    if engine_name(config, device) == "onnxruntime":
+        return "onnxruntime-fp32-cpu"  # the onnxruntime package runs on the CPU only
+    return (f"torch-{precision_on(device, config.precision)}"
+            + ("-channels_last" if config.channels_last else "") + f"-{device.type}")
 
 
 @dataclass
@@ -54,22 +63,38 @@ def autocast(device_type: str, precision: str) -> contextlib.AbstractContextMana
             else contextlib.nullcontext())
 
 
-def torch_forward(backbone: Backbone, precision: str, channels_last: bool
-                  ) -> Callable[[torch.Tensor], np.ndarray]:
+@contextlib.contextmanager
+def placed(model: torch.nn.Module, device: torch.device, channels_last: bool
+           ) -> Iterator[None]:
+    """``model`` on ``device`` and in its memory format for the duration only: the backbone is
+    shared with fine-tuning in one process, and a model left channels-last rounds its
+    convolutions differently there."""
+    model.to(device, memory_format=torch.channels_last if channels_last
+             else torch.contiguous_format)
+    try:
+        yield
+    finally:
+        model.to("cpu", memory_format=torch.contiguous_format)
+
+
+def torch_forward(backbone: Backbone, precision: str, channels_last: bool,
+                  device: torch.device = CPU) -> Callable[[torch.Tensor], np.ndarray]:
+    """The backbone's forward pass; the caller places the model (``placed``)."""
     def forward(batch: torch.Tensor) -> np.ndarray:
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast("cpu", precision):
-            return backbone.model(batch).float().numpy()
+        batch = to_device(batch, device, channels_last)
+        with torch.inference_mode(), autocast(device.type, precision):
+            return backbone.model(batch).float().cpu().numpy()
     return forward
 
 
-def feature_engine(backbone: Backbone, config: FeaturesConfig, engine_dir: Path) -> Engine:
-    """The configured engine for ``backbone``; the ONNX graph is exported on first use."""
-    identity = engine_identity(config)
-    if config.engine == "torch":  # its precision is the user's own, documented choice
-        return Engine(identity, torch_forward(backbone, config.precision, config.channels_last),
-                      None)
+def feature_engine(backbone: Backbone, config: FeaturesConfig, engine_dir: Path,
+                   device: torch.device) -> Engine:
+    """The configured engine for ``backbone`` on ``device``; an ONNX graph is exported on
+    first use."""
+    identity = engine_identity(config, device)
+    if engine_name(config, device) == "torch":  # its precision is the user's documented choice
+        return Engine(identity, torch_forward(backbone, precision_on(device, config.precision),
+                                              config.channels_last, device), None)
     graph = _exported(backbone, engine_dir)
     return Engine(identity, _onnxruntime_forward(graph), graph.with_suffix(".json"))
 

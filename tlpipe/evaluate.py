@@ -1,4 +1,4 @@
-"""Held-out evaluation: the model's probabilities on images, and the plots people look at."""
+"""Held-out evaluation: the plots people look at."""
 
 from __future__ import annotations
 
@@ -10,27 +10,9 @@ matplotlib.use("Agg")  # files only; no display on servers or CI
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.ticker import MaxNLocator
-from torch import nn
-from tqdm.auto import tqdm
 
-from tlpipe.backbones import Preprocessing
 from tlpipe.fsio import write_atomic
-from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
-
-
-def predict_probabilities(model: nn.Module, root: Path, paths: list[str],
-                          preprocessing: Preprocessing, batch_size: int) -> np.ndarray:
-    batches = iterate_batches(ImageFolderRows(root, paths, eval_transform(preprocessing)),
-                              batch_size, workers=1)
-    model.eval()
-    outputs = []
-    with torch.inference_mode():
-        for images, _ in tqdm(batches, desc="evaluate", unit="batch",
-                              total=-(-len(paths) // batch_size)):
-            outputs.append(torch.softmax(model(images), dim=1))
-    return torch.cat(outputs).numpy()
 
 
 def _save_figure(figure: plt.Figure, target: Path) -> Path:

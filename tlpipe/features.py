@@ -7,11 +7,9 @@ forward per view, and a change of transform or decoding code is never served a s
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +17,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tlpipe.augment import train_transform, view_seed
+from tlpipe.augment import train_decode_side, train_transform, view_seed
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
-from tlpipe.engines import check_fidelity, feature_engine
+from tlpipe.devices import CPU
+from tlpipe.engines import check_fidelity, engine_name, feature_engine, placed
 from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
-from tlpipe.preprocess import ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.preprocess import ImageFolderRows, iterate_batches
 
 PLAIN_VIEW = 0  # views 1..N are augmented; view 0 is the evaluation preprocessing
 
@@ -48,7 +47,7 @@ class FeatureSpec:
     weights_digest: str
     preprocessing: dict
     augment: dict
-    engine: str  # engines.engine_identity: engine and precision
+    engine: str  # engines.engine_identity: engine, precision and device type
     seed: int
     code_digest: str = field(default_factory=vector_code_digest)
 
@@ -82,47 +81,38 @@ def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.Data
     return pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "view", "key"])
 
 
-@contextlib.contextmanager
-def memory_format(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
-    """Channels-last for the duration only: the backbone is shared with fine-tuning in one
-    process, and a model left channels-last rounds its convolutions differently there."""
-    if not channels_last:
-        yield
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-
-
 def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                      config: FeaturesConfig, augment: AugmentConfig, seed: int,
-                     cache: FeatureCache) -> ExtractionStats:
+                     cache: FeatureCache, device: torch.device) -> ExtractionStats:
     """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
-    with memory_format(backbone.model, config.channels_last and config.engine == "torch"):
-        return _extract(plan, data_root, backbone, config, augment, seed, cache)
+    on_torch = engine_name(config, device) == "torch"
+    with placed(backbone.model, device if on_torch else CPU,
+                config.channels_last and on_torch):
+        return _extract(plan, data_root, backbone, config, augment, seed, cache, device)
 
 
 def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: FeaturesConfig,
-             augment: AugmentConfig, seed: int, cache: FeatureCache) -> ExtractionStats:
+             augment: AugmentConfig, seed: int, cache: FeatureCache, device: torch.device
+             ) -> ExtractionStats:
     start = time.perf_counter()
     missing = plan[[key not in cache for key in plan["key"]]].drop_duplicates("key")
-    plain, augmented = eval_transform(backbone.preprocessing), train_transform(
-        backbone.preprocessing, augment)
-    engine = feature_engine(backbone, config, config.engine_dir.expanduser()) \
+    engine = feature_engine(backbone, config, config.engine_dir.expanduser(), device) \
         if len(missing) else None
     computed = 0
     for is_plain, group in missing.groupby(missing["view"] == PLAIN_VIEW):
-        seeds = None if is_plain else [view_seed(s, v, seed)
-                                       for s, v in zip(group["sha256"], group["view"], strict=True)]
-        dataset = ImageFolderRows(data_root, group["path"].tolist(),
-                                  plain if is_plain else augmented, seeds)
+        paths = group["path"].tolist()
+        dataset = (ImageFolderRows.for_evaluation(data_root, paths, backbone.preprocessing)
+                   if is_plain else ImageFolderRows(
+                       data_root, paths, train_transform(backbone.preprocessing, augment),
+                       train_decode_side(backbone.preprocessing, augment),
+                       [view_seed(s, v, seed) for s, v in zip(group["sha256"], group["view"],
+                                                              strict=True)]))
         keys = group["key"].tolist()
         label = "features (plain)" if is_plain else "features (augmented)"
         with tqdm(total=len(dataset), desc=label, unit="img") as progress:
             for images, indices in iterate_batches(dataset, config.batch_size,
-                                                   config.num_workers):
+                                                   config.num_workers,
+                                                   pin_memory=device.type == "cuda"):
                 check_fidelity(engine, backbone, images, config)  # once, before any is kept
                 vectors = engine.forward(images)
                 for index, vector in zip(indices.tolist(), vectors, strict=True):

@@ -21,14 +21,21 @@ from torch import distributed, nn
 from torch.nn import functional
 from tqdm.auto import tqdm
 
-from tlpipe.augment import train_transform
+from tlpipe.augment import train_decode_side, train_transform
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
+from tlpipe.devices import precision_on, to_device
 from tlpipe.engines import autocast
 from tlpipe.fsio import sha256_text, write_atomic
 from tlpipe.head import TrainingHistory, class_weights
 from tlpipe.model_io import Classifier
-from tlpipe.preprocess import GLOBAL_RNG, ImageFolderRows, eval_transform, iterate_batches
+from tlpipe.preprocess import (
+    GLOBAL_RNG,
+    ImageFolderRows,
+    eval_decode_side,
+    eval_transform,
+    iterate_batches,
+)
 from tlpipe.torchrun import Rank
 
 
@@ -61,7 +68,7 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
 
 # What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
 # checkpoint written by another version of this module is never found, let alone misread.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 
 
 @dataclass
@@ -96,12 +103,6 @@ def _trainable_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _on(device: torch.device, images: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:
-    images = images.to(device)
-    return images.contiguous(memory_format=torch.channels_last) if config.channels_last \
-        else images
-
-
 def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfig,
               device: torch.device, rank: Rank) -> tuple[float, float]:
     """Validation loss and accuracy; under torch.distributed each process scores its share
@@ -111,9 +112,11 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
     with torch.inference_mode():
         order = rank.of(list(range(len(dataset))), pad=False)
         for images, labels in iterate_batches(dataset, config.batch_size,
-                                              workers=max(config.num_workers, 1), order=order):
-            images, labels = _on(device, images, config), labels.to(device)
-            with autocast(device.type, config.precision):
+                                              workers=max(config.num_workers, 1), order=order,
+                                              pin_memory=device.type == "cuda"):
+            images = to_device(images, device, config.channels_last)
+            labels = labels.to(device)
+            with autocast(device.type, precision_on(device, config.precision)):
                 logits = model(images).float()
             totals += torch.tensor([
                 functional.cross_entropy(logits, labels, reduction="sum").item(),
@@ -125,14 +128,16 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
-             augment: AugmentConfig | None, seed: int, checkpoint: Path,
+             augment: AugmentConfig | None, seed: int, checkpoint: Path, device: torch.device,
              on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
-    """Train ``epochs`` epochs with early stopping; resume from ``checkpoint`` if it exists.
+    """Train ``epochs`` epochs with early stopping on ``device``; resume from ``checkpoint``
+    if it exists.
 
     ``checkpoint`` must be unique to this run's inputs (the caller keys it by content), so a
     checkpoint found there always belongs to the same training run.
     """
-    rank, device = Rank.current(), _device()
+    rank, device = Rank.current(), _process_device(device)
+    precision = precision_on(device, config.precision)
     torch.manual_seed(seed + rank.index)  # each process its own augmentation draws
     model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head)).to(device)
     if config.channels_last:
@@ -150,10 +155,13 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
                if rank.world_size > 1 else model)
     # Without an augmentation policy, training images look as they do at evaluation.
-    training_view = (train_transform(backbone.preprocessing, augment) if augment is not None
-                     else eval_transform(backbone.preprocessing))
-    val_set = ImageFolderRows(data.root, data.val_paths, eval_transform(backbone.preprocessing),
-                              labels=data.val_labels)
+    preprocessing = backbone.preprocessing
+    training_view, decode_side = (
+        (train_transform(preprocessing, augment), train_decode_side(preprocessing, augment))
+        if augment is not None else (eval_transform(preprocessing),
+                                     eval_decode_side(preprocessing)))
+    val_set = ImageFolderRows.for_evaluation(data.root, data.val_paths, preprocessing,
+                                             data.val_labels)
 
     history, start_epoch, resumed_from = TrainingHistory(), 0, None
     stale = 0
@@ -169,6 +177,8 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         history = TrainingHistory(state["history"], state["best_epoch"], state["start"])
         validation_s = state["validation_seconds"]
         torch.set_rng_state(state["rng"])  # the first process's stream (exact for 1 process)
+        if device.type == "cuda":  # dropout on a GPU draws from the GPU's generator
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         resumed_from = state["epoch"]
         start_epoch = resumed_from + 1
     else:
@@ -190,16 +200,18 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                                generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         # Each image's augmentation draws from its own seed for this epoch, so loader threads
         # can run ahead in any order and a run (and a resumed run) is still reproducible.
-        train_set = ImageFolderRows(data.root, data.train_paths, training_view,
+        train_set = ImageFolderRows(data.root, data.train_paths, training_view, decode_side,
                                     [sha256_seed(path, epoch, seed) for path in data.train_paths],
                                     data.train_labels)
-        batches = iterate_batches(train_set, batch_size, config.num_workers, rank.of(order))
+        batches = iterate_batches(train_set, batch_size, config.num_workers, rank.of(order),
+                                  pin_memory=device.type == "cuda")
         total, seen = 0.0, 0
         for images, labels in tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
                                    unit="batch", total=steps_per_epoch,
                                    disable=rank.index > 0):
-            images, labels = _on(device, images, config), labels.to(device)
-            with GLOBAL_RNG, autocast(device.type, config.precision):  # dropout draws
+            images = to_device(images, device, config.channels_last)
+            labels = labels.to(device)
+            with GLOBAL_RNG, autocast(device.type, precision):  # dropout draws
                 logits = forward(images).float()
             loss = functional.cross_entropy(logits, labels, weight=weights)
             optimizer.zero_grad()
@@ -225,6 +237,8 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
                 "best_loss": best_loss, "stale": stale, "history": history.epochs,
                 "best_epoch": history.best_epoch, "trainable": _trainable_names(model),
                 "rng": torch.get_rng_state(), "start": history.start,
+                **({"cuda_rng": torch.cuda.get_rng_state(device)}
+                   if device.type == "cuda" else {}),
                 "validation_seconds": validation_s,
             })
         if on_epoch_end is not None:
@@ -259,14 +273,14 @@ class _Forecast:
                        f"first {self.done}, {self.validation_s:.1f} s a validation pass)")
 
 
-def _device() -> torch.device:
-    """One GPU per process under NCCL (torchrun sets LOCAL_RANK); otherwise the CPU."""
+def _process_device(device: torch.device) -> torch.device:
+    """One GPU per process under NCCL (torchrun sets LOCAL_RANK); otherwise ``device``."""
     if (distributed.is_available() and distributed.is_initialized()
             and distributed.get_backend() == "nccl"):
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return device
 
 
 def _matching_blocks(backbone: Backbone, copied: nn.Module) -> list[list[nn.Parameter]]:

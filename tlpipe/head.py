@@ -100,13 +100,16 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
 
 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-               val_y: torch.Tensor, spec: HeadSpec, config: HeadConfig, seed: int
-               ) -> tuple[nn.Module, TrainingHistory]:
-    """Mini-batch AdamW with early stopping on validation loss; returns the best head."""
+               val_y: torch.Tensor, spec: HeadSpec, config: HeadConfig, seed: int,
+               device: torch.device | None = None) -> tuple[nn.Module, TrainingHistory]:
+    """Mini-batch AdamW on ``device`` with early stopping on validation loss; returns the
+    best head, on the CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     num_classes = spec.num_classes
-    head = build_head(spec)
+    device = device or torch.device("cpu")
+    train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
+    head = build_head(spec).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     weights = class_weights(train_y, num_classes) if config.class_weighting else None
@@ -114,7 +117,7 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     best_state, best_loss, stale = copy.deepcopy(head.state_dict()), float("inf"), 0
     for epoch in range(config.epochs):
         head.train()
-        order = torch.randperm(len(train_x), generator=generator)
+        order = torch.randperm(len(train_x), generator=generator).to(device)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
@@ -137,4 +140,4 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
             if stale >= config.patience:
                 break
     head.load_state_dict(best_state)
-    return head.eval(), history
+    return head.eval().cpu(), history

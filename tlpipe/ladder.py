@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from tlpipe.config import HeadConfig
+from tlpipe.devices import CPU
 from tlpipe.feature_store import FeatureCache, load_split
 from tlpipe.head import HeadSpec, TrainingHistory, build_head, train_head
 
@@ -113,10 +114,11 @@ def candidates(config: HeadConfig) -> list[Candidate]:
 
 
 def fit(candidate: Candidate, train: Features, val: Features | None, num_classes: int,
-        config: HeadConfig, seed: int) -> tuple[nn.Module, HeadSpec, TrainingHistory]:
-    """The candidate fitted on its views of ``train``, as a torch head (``val`` is for early
-    stopping of the trained heads only); also its spec and its training history (empty but
-    for the trained heads)."""
+        config: HeadConfig, seed: int, device: torch.device = CPU,
+        ) -> tuple[nn.Module, HeadSpec, TrainingHistory]:
+    """The candidate fitted on its views of ``train``, as a torch head on the CPU (``val`` is
+    for early stopping of the trained heads only, which train on ``device``); also its spec
+    and its training history (empty but for the trained heads)."""
     train = train.for_training(candidate.settings.get("views", "augmented"))
     in_features = train.x.shape[1]
     if candidate.kind == "logistic":
@@ -132,7 +134,7 @@ def fit(candidate: Candidate, train: Features, val: Features | None, num_classes
         raise ValueError("a trained head needs validation features for early stopping")
     spec = HeadSpec(candidate.kind, in_features, num_classes, config.hidden_dim,
                     config.dropout)
-    head, history = train_head(train.x, train.y, val.x, val.y, spec, config, seed)
+    head, history = train_head(train.x, train.y, val.x, val.y, spec, config, seed, device)
     return head, spec, history
 
 
@@ -183,7 +185,7 @@ def score(head: nn.Module, data: Features, metric: str) -> float:
 
 
 def select(train: Features, val: Features | None, num_classes: int, config: HeadConfig,
-           seed: int) -> tuple[Candidate, list[Ranked]]:
+           seed: int, device: torch.device = CPU) -> tuple[Candidate, list[Ranked]]:
     """Score every candidate by the protocol the data allows; the best one, and the table.
     Without ``val``, always by cross-validation over ``train``."""
     val_images = len(np.unique(val.groups)) if val is not None else 0
@@ -197,7 +199,7 @@ def select(train: Features, val: Features | None, num_classes: int, config: Head
     ladder, board = candidates(config), []
     for candidate in ladder:
         start = time.perf_counter()
-        scores = [_fit_and_score(candidate, fit_on, held_out, num_classes, config, seed)
+        scores = [_fit_and_score(candidate, fit_on, held_out, num_classes, config, seed, device)
                   for fit_on, held_out in folds]
         board.append(Ranked(candidate.name, candidate.kind, candidate.settings,
                             float(np.mean(scores)), float(np.std(scores)),
@@ -216,11 +218,12 @@ def probe_score(data: Features, num_classes: int, seed: int) -> float:
 
 
 def _fit_and_score(candidate: Candidate, fit_on: Features, held_out: Features,
-                   num_classes: int, config: HeadConfig, seed: int) -> float:
+                   num_classes: int, config: HeadConfig, seed: int, device: torch.device
+                   ) -> float:
     stopping = None
     if candidate.kind in ("linear", "mlp"):  # early stopping on part of the fitting data
         fit_on, stopping = _split_off(fit_on, config.cv_folds, seed)
-    head, _, _ = fit(candidate, fit_on, stopping, num_classes, config, seed)
+    head, _, _ = fit(candidate, fit_on, stopping, num_classes, config, seed, device)
     return score(head, held_out, config.selection_metric)
 
 

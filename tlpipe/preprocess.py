@@ -41,6 +41,12 @@ def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
     return v2.Compose([*fit, v2.ToImage(), *to_normalised(preprocessing)])
 
 
+def eval_decode_side(preprocessing: Preprocessing) -> int:
+    """The shorter side an image needs for ``eval_transform`` to lose nothing: the resize
+    target (crop), or the input size (resize squeezes both sides to it)."""
+    return preprocessing.resize_size if preprocessing.resize == "crop" else preprocessing.input_size
+
+
 # torch's RNG is process-wide: seeded transforms in loader threads take turns, and save and
 # restore the global state around their draws. Code that draws from the global RNG itself
 # (dropout in training) while such threads run holds this lock too, so no draw of its own is
@@ -49,19 +55,28 @@ GLOBAL_RNG = threading.Lock()
 
 
 class ImageFolderRows(Dataset):
-    """Images listed by path, each optionally transformed under its own fixed seed."""
+    """Images listed by path, decoded at no less than ``min_side`` (``images.load_rgb``),
+    each optionally transformed under its own fixed seed."""
 
-    def __init__(self, root: Path, paths: list[str], transform: v2.Compose,
+    def __init__(self, root: Path, paths: list[str], transform: v2.Compose, min_side: int,
                  seeds: list[int | None] | None = None, labels: list[int] | None = None):
         self.root, self.paths, self.transform = Path(root), paths, transform
+        self.min_side = min_side
         self.seeds = seeds or [None] * len(paths)
         self.labels = labels
+
+    @classmethod
+    def for_evaluation(cls, root: Path, paths: list[str], preprocessing: Preprocessing,
+                       labels: list[int] | None = None) -> ImageFolderRows:
+        """The images as evaluation, the plain cached view and serving see them."""
+        return cls(root, paths, eval_transform(preprocessing), eval_decode_side(preprocessing),
+                   labels=labels)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(self.root / self.paths[index])
+        image = load_rgb(self.root / self.paths[index], self.min_side)
         seed = self.seeds[index]
         if seed is None:
             tensor = self.transform(image)
@@ -75,9 +90,11 @@ class ImageFolderRows(Dataset):
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
-                    order: Sequence[int] | None = None,
+                    order: Sequence[int] | None = None, pin_memory: bool = False,
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use.
+    """Batches of (images, labels or indices), decoded by ``workers`` threads ahead of use;
+    with ``pin_memory`` the images are in page-locked memory, ready to copy to a GPU while
+    it computes.
 
     Threads, not DataLoader worker processes: decoding and resizing release the GIL, and
     forked workers die inside Prefect's process. With ``workers=0`` everything runs inline,
@@ -88,7 +105,8 @@ def iterate_batches(dataset: Dataset, batch_size: int, workers: int = 0,
 
     def load(chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         items = [dataset[i] for i in chunk]
-        return (torch.stack([image for image, _ in items]),
+        images = torch.stack([image for image, _ in items])
+        return (images.pin_memory() if pin_memory else images,
                 torch.tensor([target for _, target in items]))
 
     if workers == 0:

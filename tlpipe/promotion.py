@@ -108,13 +108,14 @@ def load_version(name: str, version: str) -> tuple[Classifier, ModelSpec]:
 def score_version(name: str, version: str, split: HeldOutSplit, params: Params
                   ) -> tuple[Scores | None, list[str]]:
     """Scores on ``split``, or None when the version knows other classes than the data."""
-    from tlpipe.evaluate import predict_probabilities
+    from tlpipe.devices import resolve_device
+    from tlpipe.inference import Scorer, predict_probabilities
 
     model, spec = load_version(name, version)
     if set(split.labels) - set(spec.classes):
         return None, spec.classes
-    probabilities = predict_probabilities(model, split.root, split.paths,
-                                          spec.preprocessing_config,
+    scorer = Scorer(model, spec, params.features, resolve_device(params.device))
+    probabilities = predict_probabilities(scorer, split.root, split.paths,
                                           params.evaluation.batch_size)
     y_true = np.array([spec.classes.index(label) for label in split.labels])
     return Scores.from_probabilities(version, y_true, probabilities, spec.classes,

@@ -25,8 +25,9 @@ from tlpipe.serving import IMAGE_COLUMN
 
 _ENTRY = Path(tlpipe.__file__).parent / "pyfunc_entry.py"
 # Explicit requirements skip MLflow's slow inference; tlpipe itself travels as code_paths.
+# onnxruntime, onnx and onnxscript: the served model's backbone runs on onnxruntime on CPUs.
 _REQUIREMENTS = ["torch", "torchvision", "timm", "safetensors", "pillow", "pandas", "numpy",
-                 "pydantic", "pyyaml", "mlflow"]
+                 "pydantic", "pyyaml", "mlflow", "onnxruntime", "onnx", "onnxscript"]
 # The longest description MLflow's SQL stores keep (a model card with many classes is longer).
 _MAX_DESCRIPTION = 5000
 

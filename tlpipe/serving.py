@@ -7,6 +7,7 @@ module and reads safetensors weights: nothing is unpickled.
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 IMAGE_COLUMN = "image"
+DEVICE_VARIABLE = "TLPIPE_DEVICE"
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
@@ -23,32 +25,46 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     PNG, ...; base64 text in JSON requests) or a uint8 array HxW[xC] (nested lists in JSON).
 
     Output: ``label``, ``probability`` (of that label) and ``prob_<class>`` for every class.
+
+    It scores on the device and engine of ``tlpipe.inference``: set ``TLPIPE_DEVICE`` (auto,
+    cpu, cuda, cuda:N) for a server, or pass ``model_config={"device": ..., "features":
+    {...}}`` to ``mlflow.pyfunc.load_model``.
     """
 
     def load_context(self, context) -> None:
+        from tlpipe.config import FeaturesConfig
+        from tlpipe.devices import resolve_device
+        from tlpipe.inference import Scorer
         from tlpipe.model_io import load_classifier
-        from tlpipe.preprocess import eval_transform
+        from tlpipe.preprocess import eval_decode_side, eval_transform
 
-        self.model, self.spec = load_classifier(Path(context.artifacts["model_dir"]))
+        model, self.spec = load_classifier(Path(context.artifacts["model_dir"]))
         self.transform = eval_transform(self.spec.preprocessing_config)
+        self.decode_side = eval_decode_side(self.spec.preprocessing_config)
+        # `tlpipe predict` passes the project's settings as the model_config; a server
+        # takes its device from TLPIPE_DEVICE (default: a GPU when there is one).
+        settings = context.model_config or {}
+        device = settings.get("device") or os.environ.get(DEVICE_VARIABLE, "auto")
+        self.scorer = Scorer(model, self.spec, FeaturesConfig(**settings.get("features", {})),
+                             resolve_device(device, "device" if "device" in settings
+                                            else DEVICE_VARIABLE))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        batch = torch.stack([self.transform(as_image(value, row))
+        batch = torch.stack([self.transform(as_image(value, row, self.decode_side))
                              for row, value in enumerate(model_input[IMAGE_COLUMN])])
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.model(batch), dim=1).numpy()
-        return prediction_frame(probabilities, self.spec.classes)
+        return prediction_frame(self.scorer(batch), self.spec.classes)
 
 
-def as_image(value: object, row: int = 0) -> Image.Image:
+def as_image(value: object, row: int = 0, min_side: int | None = None) -> Image.Image:
+    """One input value as RGB; encoded JPEGs decode as ``images.load_rgb`` does."""
     from tlpipe.images import array_to_rgb, decode_rgb
 
     try:
         if isinstance(value, bytes | bytearray):
-            return decode_rgb(bytes(value))
+            return decode_rgb(bytes(value), min_side)
         if isinstance(value, str):  # JSON requests carry binary values base64-encoded
-            return decode_rgb(base64.b64decode(value))
+            return decode_rgb(base64.b64decode(value), min_side)
         if isinstance(value, np.ndarray | list):
             return array_to_rgb(value)
     except Exception as error:

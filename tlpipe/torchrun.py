@@ -29,10 +29,12 @@ class DistributedError(TlpipeError):
     pass
 
 
-def backend_for(choice: str) -> str:
+def backend_for(choice: str, device: torch.device) -> str:
+    """``auto``: NCCL when the processes train on GPUs, gloo on CPUs (also on a GPU machine
+    told to use its CPU)."""
     if choice != "auto":
         return choice
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,12 @@ class Rank:
         return max(1, math.ceil(batch_size / self.world_size))
 
 
-def launch(target: str, payload: dict, processes: int, backend: str) -> dict:
+def launch(target: str, payload: dict, processes: int, backend: str, device: torch.device
+           ) -> dict:
     """Call ``target`` (``module:function`` taking the payload) in ``processes`` processes
-    under torchrun; return what the first process returned."""
-    backend = backend_for(backend)
+    under torchrun, each on ``device`` (one GPU each under NCCL); return what the first
+    process returned."""
+    backend = backend_for(backend, device)
     if backend == "nccl" and torch.cuda.device_count() < processes:
         raise DistributedError(
             f"{processes} processes with the nccl backend need {processes} GPUs; this "

@@ -14,13 +14,14 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.devices import resolve_device
 from tlpipe.evaluate import (
     curve_points,
     plot_confusion_matrix,
     plot_learning_curves,
-    predict_probabilities,
 )
 from tlpipe.fsio import write_json
+from tlpipe.inference import Scorer, predict_probabilities
 from tlpipe.manifest import load_manifest
 from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
 from tlpipe.model_io import load_classifier
@@ -36,9 +37,9 @@ def compute(params: Params, project: Path) -> dict:
     if test.empty:
         raise ValueError("split.test_fraction: the test split is empty; raise it or add images")
     model, spec = load_classifier(out.model_dir)
-    probabilities = predict_probabilities(model, data_root(params, project),
-                                          test["path"].tolist(), spec.preprocessing_config,
-                                          params.evaluation.batch_size)
+    scorer = Scorer(model, spec, params.features, resolve_device(params.device))
+    probabilities = predict_probabilities(scorer, data_root(params, project),
+                                          test["path"].tolist(), params.evaluation.batch_size)
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.backbones import Backbone, backbone_for
 from tlpipe.config import Params
+from tlpipe.devices import resolve_device
 from tlpipe.engines import engine_identity
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import FeatureSpec, extract_features, plan_views, save_plan, shard_of
@@ -35,7 +36,8 @@ def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
     return FeatureSpec(
         weights_digest=backbone.weights_digest, preprocessing=backbone.preprocessing.to_dict(),
         augment=params.augment.model_dump(mode="json"),
-        engine=engine_identity(params.features), seed=params.seed,
+        engine=engine_identity(params.features, resolve_device(params.device)),
+        seed=params.seed,
     )
 
 
@@ -78,7 +80,7 @@ def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
 def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
           cache: FeatureCache) -> dict:
     stats = extract_features(plan, data_root(params, project), backbone, params.features,
-                             params.augment, params.seed, cache)
+                             params.augment, params.seed, cache, resolve_device(params.device))
     return {"computed": stats.computed, "cached": stats.cached, "seconds": stats.seconds,
             "images_per_second": stats.images_per_second,
             "weights_digest": backbone.weights_digest}

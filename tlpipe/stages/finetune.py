@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from tlpipe import tags
 from tlpipe.backbones import Preprocessing, backbone_for
 from tlpipe.config import Params
+from tlpipe.devices import resolve_device
 from tlpipe.finetune import CHECKPOINT_FORMAT, FinetuneData, finetune
 from tlpipe.fsio import file_sha256, sha256_text, write_json
 from tlpipe.head import HeadSpec, build_head, class_order
@@ -36,10 +37,11 @@ EpochCallback = Callable[[int, dict], None]
 
 def checkpoint_path(params: Params, project: Path, head_sha256: str, data_fingerprint: str,
                     weights_digest: str, augmented: bool) -> Path:
-    """Checkpoints are keyed by every input of fine-tuning: a key match means the same run."""
+    """Checkpoints are keyed by every input of fine-tuning, the kind of device included (a
+    GPU's random streams are not the CPU's): a key match means the same run."""
     key = sha256_text(head_sha256, data_fingerprint, weights_digest, params.seed,
                       params.section_digest("finetune", "augment"), augmented,
-                      CHECKPOINT_FORMAT)
+                      resolve_device(params.device).type, CHECKPOINT_FORMAT)
     return resolve(project, params.finetune.checkpoint_dir) / key[:16] / "last.pt"
 
 
@@ -92,7 +94,7 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                                  augmented)
     result = finetune(backbone, head, data, params.finetune,
                       params.augment if augmented else None, params.seed, checkpoint,
-                      on_epoch_end)
+                      resolve_device(params.device), on_epoch_end)
     if rank.index > 0:
         return {}  # under torchrun the first process writes the outputs
     save_classifier(result.model, spec, out.model_dir)
@@ -124,7 +126,8 @@ def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback |
     payload = {"params": params.model_dump(mode="json"), "project": str(project.resolve())}
     try:
         outcome = launch(f"{__name__}:{in_each_process.__name__}", payload,
-                         params.finetune.processes, params.finetune.backend)
+                         params.finetune.processes, params.finetune.backend,
+                         resolve_device(params.device))
     except DistributedError as error:
         raise DistributedError(f"finetune.processes={params.finetune.processes}, "
                                f"finetune.backend={params.finetune.backend}: {error}") from None

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.devices import resolve_device
 from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, write_atomic, write_json
 from tlpipe.head import class_order
@@ -34,8 +35,9 @@ def compute(params: Params, project: Path) -> dict:
     if len(val) == 0:
         raise ValueError("split.val_fraction: the validation split is empty; raise it or add "
                          "images, choosing a head and early stopping need validation data")
-    chosen, leaderboard = select(train, val, len(classes), params.head, params.seed)
-    head, spec, history = fit(chosen, train, val, len(classes), params.head, params.seed)
+    device = resolve_device(params.device)
+    chosen, leaderboard = select(train, val, len(classes), params.head, params.seed, device)
+    head, spec, history = fit(chosen, train, val, len(classes), params.head, params.seed, device)
     val_score = score(head, val, params.head.selection_metric)
     state = {k: v.contiguous() for k, v in head.state_dict().items()}
     write_atomic(out.head_weights, lambda path: save_file(state, str(path)))
