@@ -25,7 +25,14 @@ from PIL import Image, ImageDraw
 
 from tlpipe.backbones import load_backbone
 from tlpipe.devices import CPU
-from tlpipe.engines import check_fidelity, cosine_distances, feature_engine, placed, torch_forward
+from tlpipe.engines import (
+    check_fidelity,
+    cosine_distances,
+    engine_placement,
+    feature_engine,
+    placed,
+    torch_forward,
+)
 from tlpipe.feature_store import FeatureCache
 from tlpipe.features import extract_features, plan_views
 from tlpipe.preprocess import ImageFolderRows, eval_decode_side, eval_transform, iterate_batches
@@ -68,8 +75,7 @@ def engines(backbone, manifest, batches, params) -> None:
             cache = FeatureCache(Path(folder) / label.replace(" ", "-"))
             config = params.features.model_copy(update={
                 **settings, "engine_dir": cache.directory / "engines"})
-            on_torch = config.engine == "torch"
-            with placed(backbone.model, device, on_torch and config.channels_last):
+            with placed(backbone.model, *engine_placement(config, device)):
                 started = time.perf_counter()  # an exported engine: made here, reused below
                 engine = feature_engine(backbone, config, cache.directory / "engines", device)
                 engine.forward(batches[0])  # warm-up
@@ -77,8 +83,8 @@ def engines(backbone, manifest, batches, params) -> None:
                 # result; that one-off cost is timed with "made in", not with the step.
                 check_fidelity(engine, backbone, batches[0], config)
                 made_s = time.perf_counter() - started
-                pinned = [batch.pin_memory() for batch in batches] if device.type == "cuda" \
-                    else batches
+                pinned = ([batch.pin_memory() for batch in batches] if engine.pin_memory
+                          else batches)
                 started = time.perf_counter()
                 vectors = np.concatenate([engine.forward(batch) for batch in pinned])
                 bare = len(vectors) / (time.perf_counter() - started)

@@ -40,6 +40,16 @@ def engine_name(config: FeaturesConfig, device: torch.device) -> str:
     return "torch" if device.type == "cuda" else "onnxruntime"
 
 
+def engine_placement(config: FeaturesConfig, device: torch.device
+                     ) -> tuple[torch.device, bool]:
+    """Where the backbone's PyTorch module sits while the engine runs, and whether it is
+    channels-last: on ``device`` for the torch engine, on the CPU in its own format for an
+    exported one (whose reference forward pass is torch float32 on the CPU)."""
+    if engine_name(config, device) == "torch":
+        return device, config.channels_last
+    return CPU, False
+
+
 def engine_identity(config: FeaturesConfig, device: torch.device) -> str:
     """What, besides the image and the weights, decides an engine's numbers: part of every
     feature's cache key, so features of different engines, precisions or devices never mix."""
@@ -54,6 +64,7 @@ class Engine:
     identity: str
     forward: Callable[[torch.Tensor], np.ndarray]  # normalised NCHW batch -> float32 features
     checked: Path | None  # where the fidelity check is recorded; None: no check needed
+    pin_memory: bool = False  # batches in page-locked memory: the engine copies them to a GPU
 
 
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
@@ -94,7 +105,8 @@ def feature_engine(backbone: Backbone, config: FeaturesConfig, engine_dir: Path,
     identity = engine_identity(config, device)
     if engine_name(config, device) == "torch":  # its precision is the user's documented choice
         return Engine(identity, torch_forward(backbone, precision_on(device, config.precision),
-                                              config.channels_last, device), None)
+                                              config.channels_last, device), None,
+                      pin_memory=device.type == "cuda")
     graph = _exported(backbone, engine_dir)
     return Engine(identity, _onnxruntime_forward(graph), graph.with_suffix(".json"))
 

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 from tlpipe.augment import train_decode_side, train_transform, view_seed
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
-from tlpipe.devices import CPU
-from tlpipe.engines import check_fidelity, engine_name, feature_engine, placed
+from tlpipe.engines import check_fidelity, engine_placement, feature_engine, placed
 from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
@@ -85,9 +84,7 @@ def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                      config: FeaturesConfig, augment: AugmentConfig, seed: int,
                      cache: FeatureCache, device: torch.device) -> ExtractionStats:
     """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
-    on_torch = engine_name(config, device) == "torch"
-    with placed(backbone.model, device if on_torch else CPU,
-                config.channels_last and on_torch):
+    with placed(backbone.model, *engine_placement(config, device)):
         return _extract(plan, data_root, backbone, config, augment, seed, cache, device)
 
 
@@ -112,7 +109,7 @@ def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: Fe
         with tqdm(total=len(dataset), desc=label, unit="img") as progress:
             for images, indices in iterate_batches(dataset, config.batch_size,
                                                    config.num_workers,
-                                                   pin_memory=device.type == "cuda"):
+                                                   pin_memory=engine.pin_memory):
                 check_fidelity(engine, backbone, images, config)  # once, before any is kept
                 vectors = engine.forward(images)
                 for index, vector in zip(indices.tolist(), vectors, strict=True):

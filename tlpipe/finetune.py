@@ -108,6 +108,7 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
     """Validation loss and accuracy; under torch.distributed each process scores its share
     and the sums are combined, so every process takes the same early-stopping decision."""
     model.eval()
+    precision = precision_on(device, config.precision)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.inference_mode():
         order = rank.of(list(range(len(dataset))), pad=False)
@@ -116,7 +117,7 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
                                               pin_memory=device.type == "cuda"):
             images = to_device(images, device, config.channels_last)
             labels = labels.to(device)
-            with autocast(device.type, precision_on(device, config.precision)):
+            with autocast(device.type, precision):
                 logits = model(images).float()
             totals += torch.tensor([
                 functional.cross_entropy(logits, labels, reduction="sum").item(),

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from tlpipe.backbones import Backbone, state_digest
 from tlpipe.config import FeaturesConfig
-from tlpipe.engines import check_fidelity, engine_name, feature_engine
+from tlpipe.engines import check_fidelity, engine_placement, feature_engine
 from tlpipe.model_io import Classifier, ModelSpec
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
 
@@ -27,16 +27,15 @@ class Scorer:
 
     def __init__(self, model: Classifier, spec: ModelSpec, config: FeaturesConfig,
                  device: torch.device):
-        on_torch = engine_name(config, device) == "torch"
-        model.eval().backbone.to(device if on_torch else "cpu",
-                                 memory_format=torch.channels_last if on_torch
-                                 and config.channels_last else torch.contiguous_format)
+        # Loaded for scoring alone, so the backbone stays where the engine wants it.
+        place_on, channels_last = engine_placement(config, device)
+        model.eval().backbone.to(place_on, memory_format=torch.channels_last if channels_last
+                                 else torch.contiguous_format)
         self.backbone = Backbone(spec.backbone, model.backbone, spec.num_features,
                                  spec.preprocessing_config, state_digest(model.backbone))
         self.head, self.config = model.head.eval(), config
         self.engine = feature_engine(self.backbone, config, config.engine_dir.expanduser(),
                                      device)
-        self.pin_memory = on_torch and device.type == "cuda"
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         check_fidelity(self.engine, self.backbone, batch, self.config)  # once per graph
@@ -49,6 +48,6 @@ def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_si
                           ) -> np.ndarray:
     """Class probabilities of the images at ``paths`` under ``root``, in order."""
     dataset = ImageFolderRows.for_evaluation(root, paths, scorer.backbone.preprocessing)
-    batches = iterate_batches(dataset, batch_size, workers=1, pin_memory=scorer.pin_memory)
+    batches = iterate_batches(dataset, batch_size, workers=1, pin_memory=scorer.engine.pin_memory)
     return np.concatenate([scorer(images) for images, _ in tqdm(
         batches, desc="evaluate", unit="batch", total=-(-len(paths) // batch_size))])
