@@ -1,7 +1,7 @@
 """The demo flow end to end with each feature engine, and each stage's time.
 
 For each engine, a new project on the demo images (`tlpipe init`, then `tlpipe run`) with an
-empty feature cache. Exported graphs live in the machine's ``features.engine_dir`` and are
+empty feature store. Exported graphs live in the machine's ``features.engine_dir`` and are
 reused, as a user's second project reuses them; a cold one adds about 7 s (features stage)
 and 7 s more for a fine-tuned model (evaluate stage). Stage times come from the run's MLflow
 stage runs. The last column compares the fine-tune stage with the feature stage.
@@ -58,7 +58,7 @@ def main() -> None:
             project = Path(folder) / engine
             tlpipe("init", str(project), "--data", str(DEMO), cwd=REPO)
             settings = ["--set", f"features.engine={engine}",
-                        "--set", f"features.cache_dir={Path(folder) / engine / 'features'}"]
+                        "--set", f"features.store={Path(folder) / engine / 'features'}"]
             started = time.perf_counter()
             tlpipe("run", *settings, cwd=project)
             rows.append((engine, time.perf_counter() - started, stage_seconds(project)))

@@ -33,7 +33,7 @@ from tlpipe.engines import (
     placed,
     torch_forward,
 )
-from tlpipe.feature_store import FeatureCache
+from tlpipe.feature_store import FeatureStore
 from tlpipe.features import extract_features, plan_views
 from tlpipe.preprocess import ImageFolderRows, eval_decode_side, eval_transform, iterate_batches
 from tlpipe.stages.features import feature_spec
@@ -72,12 +72,13 @@ def engines(backbone, manifest, batches, params) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for label, settings, device in ENGINES:
-            cache = FeatureCache(Path(folder) / label.replace(" ", "-"))
+            workdir = Path(folder) / label.replace(" ", "-")
+            store = FeatureStore(str(workdir / "features"))
             config = params.features.model_copy(update={
-                **settings, "engine_dir": cache.directory / "engines"})
+                **settings, "engine_dir": workdir / "engines"})
             with placed(backbone.model, *engine_placement(config, device)):
                 started = time.perf_counter()  # an exported engine: made here, reused below
-                engine = feature_engine(backbone, config, cache.directory / "engines", device)
+                engine = feature_engine(backbone, config, workdir / "engines", device)
                 engine.forward(batches[0])  # warm-up
                 # An engine's first use checks it against torch fp32 once and records the
                 # result; that one-off cost is timed with "made in", not with the step.
@@ -92,7 +93,7 @@ def engines(backbone, manifest, batches, params) -> None:
             run_params = params.model_copy(update={"features": config})
             plan = plan_views(manifest, 1, feature_spec(run_params, backbone))
             stats = extract_features(plan, DEMO, backbone, config, params.augment, params.seed,
-                                     cache, device)
+                                     store, device)
             rows.append((label, made_s, bare, stats.images_per_second, worst))
 
     baseline_step = rows[0][3]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from common import DEMO, demo_manifest
@@ -23,7 +22,7 @@ from tlpipe.augment import train_decode_side, train_transform
 from tlpipe.backbones import load_backbone
 from tlpipe.devices import CPU
 from tlpipe.engines import torch_forward
-from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.feature_store import FeatureStore, load_split
 from tlpipe.features import extract_features, plan_views
 from tlpipe.head import HeadSpec, build_head, train_head
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
@@ -78,7 +77,7 @@ def cached(backbone, manifest, classes, params, epochs: int) -> tuple[float, flo
     head_config = params.head.model_copy(update={"epochs": epochs, "patience": epochs})
     plan = plan_views(manifest, params.features.views, feature_spec(params, backbone))
     with tempfile.TemporaryDirectory() as directory:
-        cache = FeatureCache(Path(directory))
+        cache = FeatureStore(directory)
         start = time.perf_counter()
         extract_features(plan, DEMO, backbone, params.features, params.augment, params.seed,
                          cache, CPU)

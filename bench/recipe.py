@@ -31,7 +31,7 @@ from tests.images import write_shapes
 from tlpipe.backbones import backbone_for
 from tlpipe.config import parse_params
 from tlpipe.devices import resolve_device
-from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.feature_store import FeatureStore, load_split
 from tlpipe.features import extract_features, plan_views
 from tlpipe.head import class_order
 from tlpipe.images import load_rgb
@@ -101,7 +101,7 @@ def baselines(params, project: Path, seed: int) -> list[tuple[str, float, float,
     plan = plan_views(frame.assign(split=frame["split"].where(frame["split"] == "test",
                                                               "fit")),
                       1, feature_spec(params, backbone))
-    cache = FeatureCache(project / ".cache" / "features")
+    cache = FeatureStore(str(project / ".cache" / "features"))
     extract_features(plan, params.data.root, backbone, params.features, params.augment,
                      params.seed, cache, resolve_device(params.device))
     (fit_x, fit_y), (test_x, test_y) = (load_split(plan, cache, split, classes)

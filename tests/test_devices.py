@@ -104,7 +104,7 @@ def test_the_demo_on_the_gpu_scores_within_one_test_image_of_the_cpu(tmp_path):
         params = parse_params({
             "device": device, "data": {"root": str(DEMO)},
             "validation": {"quarantine": ["format"]},
-            "features": {"cache_dir": str(project / "features"), "engine_dir": str(tmp_path)},
+            "features": {"store": str(project / "features"), "engine_dir": str(tmp_path)},
             "tracking": {"tracking_uri": f"sqlite:///{project}/mlflow.db"}})
         for stage in (manifest, validate, features, head, finetune):
             stage.compute(params, project)

@@ -13,7 +13,7 @@ from tlpipe.backbones import load_backbone
 from tlpipe.config import FeaturesConfig, parse_params
 from tlpipe.devices import CPU
 from tlpipe.engines import EngineRefused, cosine_distances, feature_engine, torch_forward
-from tlpipe.feature_store import FeatureCache
+from tlpipe.feature_store import FeatureStore
 from tlpipe.features import extract_features, plan_views
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
 from tlpipe.stages.features import feature_spec
@@ -58,7 +58,7 @@ def test_the_fidelity_check_is_recorded_once_and_refuses_a_distant_engine(backbo
         params = parse_params({"features": {"max_cosine_distance": limit,
                                             "engine_dir": str(tmp_path / cache / "engines")}})
         plan = plan_views(manifest_of(paths), 1, feature_spec(params, backbone))
-        store = FeatureCache(tmp_path / cache)
+        store = FeatureStore(str(tmp_path / cache))
 
         def extract(params=params, plan=plan, store=store):
             return extract_features(plan, DEMO, backbone, params.features, params.augment,
@@ -70,5 +70,5 @@ def test_the_fidelity_check_is_recorded_once_and_refuses_a_distant_engine(backbo
         else:
             with pytest.raises(EngineRefused, match=r"features.max_cosine_distance=1e-15"):
                 extract()
-            assert not list((tmp_path / cache).rglob("*.npy"))  # nothing it computed is kept
+            assert len(store) == 0  # nothing it computed is kept
             assert not list((tmp_path / cache).rglob("*.json"))  # and it stays unchecked

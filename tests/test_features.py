@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU
 from tlpipe.engines import engine_identity
-from tlpipe.feature_store import FeatureCache
 from tlpipe.features import PLAIN_VIEW, FeatureSpec
 from tlpipe.fsio import atomic_path
 
@@ -36,14 +34,6 @@ def test_features_of_different_engines_or_precisions_never_share_a_key(settings)
     spec = dataclasses.replace(SPEC, engine=engine_identity(other, CPU))
     for view in (PLAIN_VIEW, 1):
         assert spec.key("a" * 64, view) != SPEC.key("a" * 64, view)
-
-
-def test_cache_round_trip_leaves_no_temporary_files(tmp_path):
-    cache = FeatureCache(tmp_path)
-    cache.put("ab" + "0" * 62, np.arange(4, dtype=np.float32))
-    assert "ab" + "0" * 62 in cache
-    assert np.array_equal(cache.get("ab" + "0" * 62), np.arange(4))
-    assert [p.name for p in tmp_path.rglob("*")] == ["ab", "ab" + "0" * 62 + ".npy"]
 
 
 def test_an_interrupted_write_leaves_no_entry(tmp_path):

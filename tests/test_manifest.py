@@ -68,3 +68,28 @@ def test_symlink_leading_outside_the_data_folder_is_flagged(tmp_path):
 def test_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(DataLayoutError, match="tlpipe demo-data"):
         _build(tmp_path / "nope")
+
+
+def test_a_rescan_reads_only_new_and_changed_files(tmp_path):
+    data, state = tmp_path / "data", tmp_path / "state"
+    write_class_folder(data, "cats", 12)
+    write_class_folder(data, "dogs", 12)
+
+    def scan():
+        return build_manifest(data, DATA, SPLIT, max_pixels=10**8, workers=2, state_dir=state)
+
+    first = scan()
+    assert first.attrs["files_read"] == 24
+    again = scan()
+    assert again.attrs["files_read"] == 0  # stat only: same path, size, mtime and inode
+    assert again.equals(first) and again.attrs["classes"] == ["cats", "dogs"]
+    assert again.equals(_build(data))  # what a full scan says
+
+    changed = data / first["path"].iloc[0]
+    changed.write_bytes((data / first["path"].iloc[1]).read_bytes())  # another image's bytes
+    write_class_folder(data, "dogs", 2, start=100)
+    (data / first["path"].iloc[5]).unlink()
+    third = scan()
+    assert third.attrs["files_read"] == 3 and len(third) == 25
+    assert third.equals(_build(data))
+    assert third.set_index("path").loc[first["path"].iloc[0], "sha256"] == first["sha256"].iloc[1]

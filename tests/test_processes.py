@@ -70,7 +70,7 @@ def fine_tuning(project: Path):
 
 def extracting_features(project: Path):
     """Mid-run: its stage run opened, the stage's own MLflow calls still to come."""
-    return list((project / ".cache" / "features").rglob("*.npy"))
+    return list((project / ".cache" / "features").rglob("*.parquet"))
 
 
 def gone(server: psutil.Process, within_s: float) -> bool:
@@ -120,8 +120,9 @@ def test_a_tracking_server_stopped_mid_run_fails_it_in_under_a_minute_with_one_m
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), server, tmp_path, 120)
-        process, project = start_run(tmp_path, {
-            "tracking": {"tracking_uri": f"http://127.0.0.1:{port}"}})
+        process, project = start_run(tmp_path, {  # a chunk of the store every batch
+            "tracking": {"tracking_uri": f"http://127.0.0.1:{port}"},
+            "features": {"chunk_vectors": 8}})
         wait_for(lambda: extracting_features(project), process, tmp_path)
         stopped = time.monotonic()
         os.killpg(server.pid, signal.SIGKILL)

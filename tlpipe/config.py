@@ -67,6 +67,9 @@ class DataConfig(Section):
     expected_classes: list[str] | None = None
     # Names skipped while scanning: OS and editor droppings, never training data.
     ignored_names: list[str] = [".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"]
+    # Each file's hash and image facts by (path, size, modification time, inode), as DVC's
+    # own state: an unchanged file is not read again by the next scan.
+    state_dir: Path = Path(".cache/manifest")
 
 
 class SplitConfig(Section):
@@ -131,7 +134,10 @@ class FeaturesConfig(Section):
     # exporter): one export per machine and backbone, shared by every project.
     engine_dir: Path = Path("~/.cache/tlpipe/engines")
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
-    cache_dir: Path = Path(".cache/features")
+    # The feature store (tlpipe.feature_store): a folder, relative to the project, or any
+    # fsspec URL (s3://bucket/features) that every worker of a cluster can reach.
+    store: str = ".cache/features"
+    chunk_vectors: PositiveInt = 1024  # vectors per chunk file of the store
     # Split extraction into this many Prefect task runs (workers can take them in parallel);
     # they fill the same content-addressed cache, so the result does not depend on it.
     shards: PositiveInt = 1
@@ -139,6 +145,18 @@ class FeaturesConfig(Section):
     # shorter side and takes the centre (the backbone's pretraining recipe), "resize" squeezes
     # the whole image to the input size (nothing cut off), "auto" picks one by validation.
     eval_resize: Literal["crop", "resize", "auto"] = "crop"
+
+
+class ClusterConfig(Section):
+    # Where feature extraction runs: local (in this process; no Ray needed), or ray (one
+    # backbone per Ray actor across the cluster's nodes, writing into the shared store).
+    engine: Literal["local", "ray"] = "local"
+    # ray: the cluster's address (host:6379 or ray://host:10001), or auto: RAY_ADDRESS, else a
+    # cluster started on this machine with `ray start --head`.
+    address: str = "auto"
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: PositiveFloat = 1.0  # requested only where the cluster has GPUs
+    max_workers: PositiveInt | None = None  # default: as many as the cluster's CPUs (or GPUs) fit
 
 
 HeadKind = Literal["logistic", "linear", "mlp", "knn"]
@@ -160,6 +178,11 @@ class HeadConfig(Section):
     # over the training and validation images instead of on the validation split alone.
     min_val_images: Annotated[int, Field(ge=0)] = 200
     cv_folds: Annotated[int, Field(ge=2, le=20)] = 5
+    # Candidates are scored on at most this many training and validation images (a sample
+    # stratified by class): choosing among them needs no more, and the ladder's cost stays flat
+    # as the data grows. The chosen candidate is then fitted on every training image.
+    selection_train_images: PositiveInt = 10000
+    selection_val_images: PositiveInt = 5000
     # The trained heads (linear, mlp):
     hidden_dim: PositiveInt = 256
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
@@ -257,6 +280,14 @@ class TrackingConfig(Section):
     experiment: str = "tlpipe"
 
 
+# Settings that decide where files go and where or how fast work runs, never a model's values:
+# the same model trained on a Ray cluster or in one process has the same params hash.
+WHERE_AND_HOW_FAST = {
+    "outputs_dir": True, "runs_dir": True, "cluster": True, "data": {"state_dir"},
+    "features": {"store", "chunk_vectors", "shards", "num_workers", "engine_dir"},
+}
+
+
 class Params(Section):
     seed: int = 42
     device: Device = "auto"  # where features, heads, fine-tuning and evaluation run
@@ -268,6 +299,7 @@ class Params(Section):
     augment: AugmentConfig = AugmentConfig()
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
+    cluster: ClusterConfig = ClusterConfig()
     head: HeadConfig = HeadConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -291,8 +323,8 @@ class Params(Section):
     def digest(self) -> str:
         """A stable hash of every setting that shapes the model (not where files are written),
         used to tag runs."""
-        return hashlib.sha256(self.model_dump_json(
-            exclude={"outputs_dir", "runs_dir"}).encode()).hexdigest()
+        return hashlib.sha256(self.model_dump_json(exclude=WHERE_AND_HOW_FAST).encode()
+                              ).hexdigest()
 
     def for_run(self, run_id: str) -> Params:
         """These settings with the outputs in this run's own folder under ``runs_dir``."""

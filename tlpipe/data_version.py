@@ -4,10 +4,19 @@ A retrain must know whether the images changed since the champion was trained. D
 hashes a data folder for `dvc add` (and remembers file hashes by inode and mtime, so an
 unchanged folder is re-checked quickly); its directory hash is the data version that every
 registered model carries in its `data_dvc_md5` tag.
+
+At 100k files even DVC's re-check of an unchanged folder costs a per-file state lookup and a
+rebuilt directory listing. So the folder's stat (every file's path, size, modification time
+and inode: what DVC's own state trusts) is taken in one walk and kept with the version `dvc add`
+gave it; while both the stat and the pointer are as they were, the pointer's version stands
+and DVC is not asked again. Any file added, removed, touched or replaced changes the stat.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +25,7 @@ import yaml
 
 from tlpipe.commands import python_tool, run_command
 from tlpipe.errors import TlpipeError
+from tlpipe.fsio import sha256_text, write_json
 
 
 class DataVersionError(TlpipeError):
@@ -72,9 +82,38 @@ def _has_default_remote(project: Path) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
+def folder_stat(root: Path) -> str:
+    """A digest of the path, size, modification time and inode of every file under ``root``."""
+    digest = hashlib.sha256()
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path)
+                facts = (info.st_size, info.st_mtime_ns, info.st_ino)
+            except OSError:  # a dangling link
+                facts = None
+            digest.update(f"{os.path.relpath(path, root)}\x1f{facts}\n".encode())
+    return digest.hexdigest()
+
+
+def _known_versions(state_dir: Path | None, data_root: Path) -> tuple[Path | None, dict]:
+    if state_dir is None:
+        return None, {}
+    record = state_dir / f"data-version-{sha256_text(data_root)[:16]}.json"
+    try:
+        return record, json.loads(record.read_text())
+    except (OSError, ValueError):
+        return record, {}
+
+
 def record_data_version(data_root: Path, project: Path, commit: bool = True,
-                        push: bool = True) -> DataVersion:
+                        push: bool = True, state_dir: Path | None = None) -> DataVersion:
     """`dvc add` the data folder, commit its pointer if it changed, push to the default remote.
+
+    With ``state_dir``, a folder whose stat and pointer are unchanged since the last call is
+    not handed to DVC again (nor pushed again once pushed).
 
     Raises DataVersionError naming the folder when DVC cannot track it (outside the project,
     no `dvc init`, not a git repository).
@@ -89,15 +128,27 @@ def record_data_version(data_root: Path, project: Path, commit: bool = True,
             "retrain.version_data: false to compare data by content fingerprint only")
     if not (project / ".dvc").is_dir():
         raise DataVersionError(f"{project} has no DVC repository: run `dvc init` there first")
-    _dvc(project, "add", "--quiet", str(data_root.relative_to(project)))
     pointer = Path(f"{data_root}.dvc")
-    md5 = pointer_md5(pointer)
+    record, known = _known_versions(state_dir, data_root)
+    current = pointer_md5(pointer)
+    unchanged = (record is not None and current is not None and known.get("md5") == current
+                 and known.get("stat") == folder_stat(data_root))
+    if not unchanged:
+        _dvc(project, "add", "--quiet", str(data_root.relative_to(project)))
+        # After `dvc add`: it may have replaced the files by links to its cache.
+        known = {"md5": pointer_md5(pointer),
+                 "stat": folder_stat(data_root) if record else None}
+    md5 = known["md5"]
     if not md5:
         raise DataVersionError(f"{pointer}: dvc add wrote no md5")
     committed = (_commit_pointer(project, [pointer, data_root.parent / ".gitignore"], md5)
                  if commit else None)
     pushed = False
     if push and _has_default_remote(project):
-        _dvc(project, "push", "--quiet", str(pointer.relative_to(project)))
+        if known.get("pushed") != md5:
+            _dvc(project, "push", "--quiet", str(pointer.relative_to(project)))
+            known["pushed"] = md5
         pushed = True
+    if record is not None:
+        write_json(record, known)
     return DataVersion(md5, str(pointer.relative_to(project)), committed, pushed)

@@ -5,10 +5,10 @@ format. ``onnxruntime`` runs the same backbone exported once to ONNX, in float32
 (``auto``, the default, picks it on CPUs and torch on GPUs): on these CPUs it
 is several times faster than PyTorch's bf16 eager forward and closer to the float32 features
 (``bench/engines.py`` prints both). The exported graph is keyed by what decides it (the
-weights, the input size, the exporter and opset) and kept beside the feature cache, so it is
-made once. Before an exported engine's first use its features are compared with PyTorch
-float32 on real images; one further than ``features.max_cosine_distance`` is refused. (Torch
-in bf16 is about 1.3e-3 from float32 here: a precision the user picks knowingly.)
+weights, the input size, the exporter and opset) and kept in ``features.engine_dir``, so it
+is made once per machine. Before an exported engine's first use its features are compared with
+PyTorch float32 on real images; one further than ``features.max_cosine_distance`` is refused.
+(Torch in bf16 is about 1.3e-3 from float32 here: a precision the user picks knowingly.)
 """
 
 from __future__ import annotations

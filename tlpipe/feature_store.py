@@ -1,46 +1,209 @@
-"""The feature store: one vector per key, content-addressed, each written atomically.
+"""The feature store: vectors in chunk files, content-addressed, appended atomically.
 
-Each feature vector is one ``.npy`` file named by its key, so a killed run leaves only whole
-entries, and a vector computed once (by any run, shard or experiment) is never computed again.
+Why chunks: one file per vector is 300k files at 100k images with 2 augmented views, which
+hurts file systems, backups and every copy to object storage. A chunk is a Parquet file of up
+to ``chunk_vectors`` rows (key, vector). Parquet because an object store can read just the key
+column of each chunk (the index) with ranged reads, and a float32 column decodes into one
+array without a copy per vector.
+
+Why no locks: a chunk is written once under a fresh name and never changed. It is written under
+a temporary name and renamed (an object store shows an object only once it is whole), so
+writers on any number of processes or hosts never touch each other's files, and a killed
+writer leaves at most a temporary file that no reader lists. The same key in two chunks (two
+writers computed the same view) holds the same vector; the first chunk by name wins.
+Compaction merges small chunks into full ones, writing the new chunk before deleting the old.
+
+The location is a folder or any fsspec URL (``s3://bucket/features``, ``gs://...``): a cluster
+shares one store.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from tlpipe.fsio import write_atomic
+CHUNK_SUFFIX = ".parquet"
+TEMPORARY_SUFFIX = ".tmp"
+# A temporary file this old belongs to a writer that died; a live writer renames it in seconds.
+STALE_TEMPORARY_S = 24 * 3600
 
 
-class FeatureCache:
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+class FeatureStore:
+    def __init__(self, location: str, chunk_vectors: int = 1024):
+        self.location = str(location)
+        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.chunk_vectors = chunk_vectors
+        self._keys_of: dict[str, list[str]] = {}  # chunks never change: their keys are kept
 
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
+    @property
+    def chunks_dir(self) -> str:
+        return f"{self.root.rstrip('/')}/chunks"
+
+    def chunks(self) -> list[str]:
+        """The chunk files, in name order (temporary files of writers not included)."""
+        self.fs.invalidate_cache(self.chunks_dir)  # object stores cache listings
+        try:
+            listing = self.fs.ls(self.chunks_dir, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(path for path in listing if path.endswith(CHUNK_SUFFIX))
+
+    def index(self, names: list[str] | None = None) -> dict[str, tuple[str, int]]:
+        """Each key's chunk and row, over ``names`` (default: every chunk)."""
+        names = self.chunks() if names is None else names
+        unread = [name for name in names if name not in self._keys_of]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for name, keys in zip(unread, pool.map(self._read_keys, unread), strict=True):
+                self._keys_of[name] = keys
+        index: dict[str, tuple[str, int]] = {}
+        for name in names:
+            for row, key in enumerate(self._keys_of[name]):
+                index.setdefault(key, (name, row))
+        return index
+
+    def keys(self) -> set[str]:
+        return set(self.index())
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return key in self.index()
 
-    def get(self, key: str) -> np.ndarray:
-        return np.load(self.path(key), allow_pickle=False)
+    def __len__(self) -> int:
+        return len(self.index())
 
-    def put(self, key: str, vector: np.ndarray) -> None:
-        def save(temporary: Path) -> None:
-            with open(temporary, "wb") as handle:
-                np.save(handle, vector.astype(np.float32), allow_pickle=False)
+    def read(self, keys: Sequence[str]) -> np.ndarray:
+        """The vectors of ``keys``, in order, as one float32 array: each chunk is read once."""
+        keys = list(keys)
+        try:
+            return self._read(keys, self.index())
+        except FileNotFoundError:  # a compaction replaced a chunk after it was listed
+            return self._read(keys, self.index())
 
-        write_atomic(self.path(key), save)
+    def _read(self, keys: list[str], index: dict[str, tuple[str, int]]) -> np.ndarray:
+        absent = [key for key in keys if key not in index]
+        if absent:
+            raise KeyError(f"feature store {self.location}: {len(absent)} of {len(keys)} "
+                           f"vectors are not stored (first key {absent[0]}); run the features "
+                           "stage to compute them")
+        if not keys:
+            return np.empty((0, 0), dtype=np.float32)
+        where = pd.DataFrame([index[key] for key in keys], columns=["chunk", "row"])
+        result = None
+        for chunk, rows in where.groupby("chunk", sort=False):
+            table = pq.read_table(chunk, columns=["vector"], filesystem=self.fs)
+            vectors = _matrix(table.column("vector"))
+            if result is None:
+                result = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
+            result[rows.index.to_numpy()] = vectors[rows["row"].to_numpy()]
+        return result
+
+    def _read_keys(self, chunk: str) -> list[str]:
+        return pq.read_table(chunk, columns=["key"], filesystem=self.fs).column("key").to_pylist()
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[ChunkWriter]:
+        """Vectors added are written a chunk at a time; the rest when the block ends, also on
+        an error (each vector added is whole). A killed process loses at most one chunk's
+        worth, and nothing half-written is ever visible."""
+        writer = ChunkWriter(self)
+        try:
+            yield writer
+        finally:
+            writer.flush()
+
+    def write_chunk(self, keys: Sequence[str], vectors: np.ndarray) -> str:
+        """One new chunk file, made visible whole or not at all; its path."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        table = pa.table({
+            "key": pa.array(list(keys), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
+                                                        vectors.shape[1]),
+        })
+        self.fs.makedirs(self.chunks_dir, exist_ok=True)
+        name = f"{self.chunks_dir}/{time.time_ns():020d}-{uuid.uuid4().hex}{CHUNK_SUFFIX}"
+        temporary = f"{name}{TEMPORARY_SUFFIX}"
+        try:
+            with self.fs.open(temporary, "wb") as handle:
+                # Vectors barely compress; keys are unique, so no dictionary either.
+                pq.write_table(table, handle, compression={"key": "zstd", "vector": "none"},
+                               use_dictionary=False, write_statistics=False)
+            self.fs.mv(temporary, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(temporary)
+        return name
+
+    def compact(self) -> int:
+        """Merge chunks under half full into full ones (several small runs each leave one);
+        delete writers' stale temporary files. Returns the number of files removed."""
+        self._remove_stale_temporaries()
+        names = self.chunks()
+        index = self.index(names)
+        small = [name for name in names if len(self._keys_of[name]) < self.chunk_vectors // 2]
+        if len(small) < 2:
+            return 0
+        keys = [key for name in small for key in self._keys_of[name]
+                if index[key][0] == name]  # each key once, from the chunk that serves it
+        vectors = self._read(keys, index)
+        for start in range(0, len(keys), self.chunk_vectors):
+            self.write_chunk(keys[start:start + self.chunk_vectors],
+                             vectors[start:start + self.chunk_vectors])
+        for name in small:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(name)
+            self._keys_of.pop(name, None)
+        return len(small)
+
+    def _remove_stale_temporaries(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.fs.ls(self.chunks_dir, detail=False):
+                if path.endswith(TEMPORARY_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError, NotImplementedError):
+                        age = time.time() - self.fs.modified(path).timestamp()
+                        if age > STALE_TEMPORARY_S:
+                            self.fs.rm(path)
 
 
-def load_split(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
+class ChunkWriter:
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self._keys: list[str] = []
+        self._vectors: list[np.ndarray] = []
+        self.chunks_written = 0
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        for key, vector in zip(keys, vectors, strict=True):
+            self._keys.append(key)
+            self._vectors.append(np.asarray(vector, dtype=np.float32))
+            if len(self._keys) >= self.store.chunk_vectors:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._keys:
+            self.store.write_chunk(self._keys, np.stack(self._vectors))
+            self.chunks_written += 1
+            self._keys, self._vectors = [], []
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    array = column.combine_chunks()
+    return array.flatten().to_numpy().reshape(len(array), array.type.list_size)
+
+
+def load_split(plan: pd.DataFrame, store: FeatureStore, split: str, classes: list[str]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = plan[plan["split"] == split]
     if rows.empty:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
-    features = torch.from_numpy(np.stack([cache.get(key) for key in rows["key"]]))
+    features = torch.from_numpy(store.read(rows["key"].tolist()))
     labels = torch.tensor([classes.index(label) for label in rows["label"]], dtype=torch.long)
     return features, labels

@@ -21,7 +21,7 @@ from tlpipe.augment import train_decode_side, train_transform, view_seed
 from tlpipe.backbones import Backbone
 from tlpipe.config import AugmentConfig, FeaturesConfig
 from tlpipe.engines import check_fidelity, engine_placement, feature_engine, placed
-from tlpipe.feature_store import FeatureCache
+from tlpipe.feature_store import FeatureStore
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
 
@@ -80,44 +80,46 @@ def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.Data
     return pd.DataFrame(rows, columns=["path", "label", "split", "sha256", "view", "key"])
 
 
+def missing_views(plan: pd.DataFrame, store: FeatureStore) -> pd.DataFrame:
+    """The rows of ``plan`` whose vector the store lacks, one per key."""
+    return plan[~plan["key"].isin(store.keys())].drop_duplicates("key")
+
+
 def extract_features(plan: pd.DataFrame, data_root: Path, backbone: Backbone,
                      config: FeaturesConfig, augment: AugmentConfig, seed: int,
-                     cache: FeatureCache, device: torch.device) -> ExtractionStats:
-    """Fill the cache for every row of ``plan``; rows already cached cost nothing."""
-    with placed(backbone.model, *engine_placement(config, device)):
-        return _extract(plan, data_root, backbone, config, augment, seed, cache, device)
-
-
-def _extract(plan: pd.DataFrame, data_root: Path, backbone: Backbone, config: FeaturesConfig,
-             augment: AugmentConfig, seed: int, cache: FeatureCache, device: torch.device
-             ) -> ExtractionStats:
+                     store: FeatureStore, device: torch.device) -> ExtractionStats:
+    """Compute and store every view of ``plan`` the store lacks; stored views cost nothing."""
     start = time.perf_counter()
-    missing = plan[[key not in cache for key in plan["key"]]].drop_duplicates("key")
-    engine = feature_engine(backbone, config, config.engine_dir.expanduser(), device) \
-        if len(missing) else None
-    computed = 0
-    for is_plain, group in missing.groupby(missing["view"] == PLAIN_VIEW):
-        paths = group["path"].tolist()
-        dataset = (ImageFolderRows.for_evaluation(data_root, paths, backbone.preprocessing)
-                   if is_plain else ImageFolderRows(
-                       data_root, paths, train_transform(backbone.preprocessing, augment),
-                       train_decode_side(backbone.preprocessing, augment),
-                       [view_seed(s, v, seed) for s, v in zip(group["sha256"], group["view"],
-                                                              strict=True)]))
-        keys = group["key"].tolist()
-        label = "features (plain)" if is_plain else "features (augmented)"
-        with tqdm(total=len(dataset), desc=label, unit="img") as progress:
-            for images, indices in iterate_batches(dataset, config.batch_size,
-                                                   config.num_workers,
-                                                   pin_memory=engine.pin_memory):
-                check_fidelity(engine, backbone, images, config)  # once, before any is kept
-                vectors = engine.forward(images)
-                for index, vector in zip(indices.tolist(), vectors, strict=True):
-                    cache.put(keys[index], vector)
-                computed += len(indices)
-                progress.update(len(indices))
-    return ExtractionStats(computed=computed, cached=len(plan) - computed,
+    missing = missing_views(plan, store)
+    if len(missing):
+        with placed(backbone.model, *engine_placement(config, device)):
+            _compute(missing, data_root, backbone, config, augment, seed, store, device)
+    return ExtractionStats(computed=len(missing), cached=len(plan) - len(missing),
                            seconds=time.perf_counter() - start)
+
+
+def _compute(missing: pd.DataFrame, data_root: Path, backbone: Backbone, config: FeaturesConfig,
+             augment: AugmentConfig, seed: int, store: FeatureStore, device: torch.device
+             ) -> None:
+    engine = feature_engine(backbone, config, config.engine_dir.expanduser(), device)
+    with store.writer() as writer:
+        for is_plain, group in missing.groupby(missing["view"] == PLAIN_VIEW):
+            paths = group["path"].tolist()
+            dataset = (ImageFolderRows.for_evaluation(data_root, paths, backbone.preprocessing)
+                       if is_plain else ImageFolderRows(
+                           data_root, paths, train_transform(backbone.preprocessing, augment),
+                           train_decode_side(backbone.preprocessing, augment),
+                           [view_seed(s, v, seed) for s, v in zip(group["sha256"], group["view"],
+                                                                  strict=True)]))
+            keys = group["key"].to_numpy()
+            label = "features (plain)" if is_plain else "features (augmented)"
+            with tqdm(total=len(dataset), desc=label, unit="img") as progress:
+                for images, indices in iterate_batches(dataset, config.batch_size,
+                                                       config.num_workers,
+                                                       pin_memory=engine.pin_memory):
+                    check_fidelity(engine, backbone, images, config)  # before any is kept
+                    writer.add(keys[indices.numpy()], engine.forward(images))
+                    progress.update(len(indices))
 
 
 def shard_of(plan: pd.DataFrame, index: int, count: int) -> pd.DataFrame:

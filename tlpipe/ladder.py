@@ -29,12 +29,13 @@ from torch import nn
 
 from tlpipe.config import HeadConfig
 from tlpipe.devices import CPU
-from tlpipe.feature_store import FeatureCache, load_split
+from tlpipe.feature_store import FeatureStore, load_split
 from tlpipe.head import HeadSpec, TrainingHistory, build_head, train_head
 
 # The earlier of two candidates wins a tie: the simpler model, the cheaper fit.
 LADDER_ORDER = ("logistic", "linear", "knn", "mlp")
 PLAIN_VIEW = 0
+SMALL_MATRIX = 20_000_000  # values: about 15k images of 1280 features
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,10 @@ class Features:
         return self.plain() if views == "plain" else self
 
     @staticmethod
-    def from_plan(plan: pd.DataFrame, cache: FeatureCache, split: str, classes: list[str]
+    def from_plan(plan: pd.DataFrame, store: FeatureStore, split: str, classes: list[str]
                   ) -> Features:
-        """The cached vectors of every row of ``plan`` in ``split``."""
-        x, y = load_split(plan, cache, split, classes)
+        """The stored vectors of every row of ``plan`` in ``split``."""
+        x, y = load_split(plan, store, split, classes)
         rows = plan[plan["split"] == split]
         return Features(x, y, rows["sha256"].to_numpy(), rows["view"].to_numpy())
 
@@ -146,8 +147,9 @@ def _logistic(train: Features, num_classes: int, c: float, config: HeadConfig, s
     scaler = StandardScaler().fit(x)
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed,
                                class_weight="balanced" if config.class_weighting else None)
-    # BLAS threads cost more than they save on matrices this small (about 10x here).
-    with threadpool_limits(limits=1, user_api="blas"):
+    # BLAS threads cost more than they save on small matrices (about 10x on the demo's);
+    # large ones (the final fit at 100k images) use every core.
+    with threadpool_limits(limits=1 if x.size < SMALL_MATRIX else None, user_api="blas"):
         model.fit(scaler.transform(x), train.y.numpy())
     weight, bias = _full_coefficients(model, num_classes)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
@@ -188,6 +190,8 @@ def select(train: Features, val: Features | None, num_classes: int, config: Head
            seed: int, device: torch.device = CPU) -> tuple[Candidate, list[Ranked]]:
     """Score every candidate by the protocol the data allows; the best one, and the table.
     Without ``val``, always by cross-validation over ``train``."""
+    train = _sample_images(train, config.selection_train_images, seed)
+    val = _sample_images(val, config.selection_val_images, seed) if val is not None else None
     val_images = len(np.unique(val.groups)) if val is not None else 0
     if val is None or val_images < config.min_val_images:
         pooled = Features.join(train, val) if val is not None else train
@@ -225,6 +229,21 @@ def _fit_and_score(candidate: Candidate, fit_on: Features, held_out: Features,
         fit_on, stopping = _split_off(fit_on, config.cv_folds, seed)
     head, _, _ = fit(candidate, fit_on, stopping, num_classes, config, seed, device)
     return score(head, held_out, config.selection_metric)
+
+
+def _sample_images(data: Features, limit: int, seed: int) -> Features:
+    """At most ``limit`` images (with all their views), each class in proportion."""
+    groups, first = np.unique(data.groups, return_index=True)
+    if len(groups) <= limit:
+        return data
+    rng = np.random.default_rng(seed)
+    labels = data.y.numpy()[first]
+    chosen = []
+    for label in np.unique(labels):
+        members = groups[labels == label]
+        take = max(1, round(limit * len(members) / len(groups)))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return data.take(np.flatnonzero(np.isin(data.groups, np.concatenate(chosen))))
 
 
 def _split_off(data: Features, parts: int, seed: int) -> tuple[Features, Features]:

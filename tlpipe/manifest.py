@@ -15,12 +15,17 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tlpipe import images
 from tlpipe.config import DataConfig, SplitConfig
 from tlpipe.errors import TlpipeError
-from tlpipe.fsio import sha256_text, write_atomic
+from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.images import inspect_image
 
 SPLITS = ("train", "val", "test")
+# What a file holds, read from it; and what its stat says, by which an unchanged file is known.
+FACTS = ["sha256", "bytes", "format", "width", "height", "mode", "decodable", "error",
+         "inside_root"]
+STAT = ["path", "size", "mtime_ns", "inode"]
 COLUMNS = [
     "path", "label", "source_split", "sha256", "bytes", "format", "width", "height", "mode",
     "decodable", "error", "inside_root", "split",
@@ -93,21 +98,37 @@ def assign_split(sha256: str, source_split: str | None, layout: Layout, split: S
     return "train"
 
 
-def _list_files(root: Path, layout: Layout, data: DataConfig) -> list[tuple[Path, str, str | None]]:
-    files = []
-    parents = [(root / s, s) for s in layout.source_splits] or [(root, None)]
-    for parent, source_split in parents:
+def _list_files(root: Path, layout: Layout, data: DataConfig) -> pd.DataFrame:
+    """Every file under the class folders, in a stable order, with what its stat says: its
+    path from ``root``, label, source split, size, modification time and inode."""
+    rows: list[tuple] = []
+    parents = [(f"{s}/", s) for s in layout.source_splits] or [("", None)]
+    for prefix, source_split in parents:
         for label in layout.classes:
-            class_dir = parent / label
-            if not class_dir.is_dir():
-                continue
-            for folder, subfolders, names in os.walk(class_dir):
-                subfolders[:] = sorted(d for d in subfolders if not _ignored(d, data))
-                files.extend(
-                    (Path(folder) / name, label, source_split)
-                    for name in sorted(names) if not _ignored(name, data)
-                )
-    return files
+            if (root / prefix / label).is_dir():
+                _walk(root / prefix / label, f"{prefix}{label}/", label, source_split, data,
+                      rows)
+    return pd.DataFrame(rows, columns=["path", "label", "source_split", *STAT[1:]])
+
+
+def _walk(folder: Path, prefix: str, label: str, source_split: str | None, data: DataConfig,
+          rows: list[tuple]) -> None:
+    # os.scandir, not pathlib: at 100k files pathlib's parsing was most of a no-change scan.
+    with os.scandir(folder) as listing:
+        entries = sorted((e for e in listing if not _ignored(e.name, data)),
+                         key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_dir():  # like os.walk: a link to a folder is not followed
+            continue
+        try:
+            info = entry.stat()
+            facts = (info.st_size, info.st_mtime_ns, info.st_ino)
+        except OSError:  # a dangling link: described (as unreadable) every time
+            facts = (-1, -1, -1)
+        rows.append((f"{prefix}{entry.name}", label, source_split, *facts))
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            _walk(Path(entry.path), f"{prefix}{entry.name}/", label, source_split, data, rows)
 
 
 def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
@@ -129,35 +150,68 @@ def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
 
 
 def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels: int,
-                   workers: int | None = None) -> pd.DataFrame:
-    """Scan ``root`` and describe every file; ``df.attrs['classes']`` keeps empty classes too."""
+                   workers: int | None = None, state_dir: Path | None = None) -> pd.DataFrame:
+    """Scan ``root`` and describe every file; ``df.attrs['classes']`` keeps empty classes too.
+
+    With ``state_dir``, a file with the same path, size, modification time and inode as at the
+    last scan is not read again (DVC's own state works the same way): a scan of an unchanged
+    folder only lists and stats it, and new files are read and hashed in parallel threads.
+    """
     root = Path(root)
     layout = detect_layout(root, data)
     files = _list_files(root, layout, data)
+    state_file = state_dir and Path(state_dir) / f"{_state_name(root, max_pixels)}.parquet"
+    known = _load_state(state_file, files[STAT])
+    unread = files.index.difference(known.index).tolist()
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        described = list(tqdm(
-            pool.map(lambda item: _describe_file(item[0], root, max_pixels), files),
-            total=len(files), desc="manifest", unit="file",
-        ))
-    rows = [
-        {"path": path.relative_to(root).as_posix(), "label": label, "source_split": source_split,
-         **facts, "split": assign_split(facts["sha256"], source_split, layout, split)}
-        for (path, label, source_split), facts in zip(files, described, strict=True)
-    ]
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    frame = frame.astype({"width": "Int64", "height": "Int64", "bytes": "int64"})
+        fresh = pd.DataFrame(list(tqdm(
+            pool.map(lambda index: _describe_file(root / files.at[index, "path"], root,
+                                                  max_pixels), unread),
+            total=len(unread), desc="manifest", unit="file")), index=unread, columns=FACTS)
+    parts = [part for part in (known, fresh) if len(part)]
+    facts = pd.concat(parts).sort_index() if parts else fresh
+    frame = files[["path", "label", "source_split"]].assign(
+        **{column: facts[column].to_numpy() for column in FACTS})
+    frame["split"] = [assign_split(sha256, source_split, layout, split) for sha256, source_split
+                      in zip(frame["sha256"], frame["source_split"], strict=True)]
+    frame = frame[COLUMNS].astype({"width": "Int64", "height": "Int64", "bytes": "int64"})
+    if state_file:
+        _save_state(state_file, files[STAT], frame)
     # Nothing location-specific is stored: the file must hash the same in every checkout.
     frame.attrs["classes"] = list(layout.classes)
+    frame.attrs["files_read"] = len(unread)
     return frame
+
+
+def _state_name(root: Path, max_pixels: int) -> str:
+    # What a file's facts depend on besides its bytes: the code that reads them, the limit.
+    code = [file_sha256(__file__), file_sha256(images.__file__)]
+    return sha256_text(root.resolve(), max_pixels, *code)[:24]
+
+
+def _load_state(state_file: Path | None, stats: pd.DataFrame) -> pd.DataFrame:
+    """The facts of files unchanged since the last scan, indexed by their position now."""
+    if not state_file or not state_file.is_file():
+        return pd.DataFrame(columns=FACTS)
+    try:
+        state = pd.read_parquet(state_file)
+    except Exception:  # an unreadable state only costs a full scan
+        return pd.DataFrame(columns=FACTS)
+    now = stats.reset_index().merge(state, on=STAT, how="inner")
+    now = now[now["size"] >= 0]
+    return now.set_index("index")[FACTS]
+
+
+def _save_state(state_file: Path, stats: pd.DataFrame, frame: pd.DataFrame) -> None:
+    state = pd.concat([stats, frame[FACTS].reset_index(drop=True)], axis=1)
+    write_atomic(state_file, lambda path: state.to_parquet(path, index=False))
 
 
 def manifest_fingerprint(frame: pd.DataFrame) -> str:
     """The data version: what each file holds, its label and split; nothing about where it lives."""
-    digest = hashlib.sha256()
-    columns = ["path", "label", "sha256", "split"]
-    for row in frame.sort_values("path")[columns].itertuples(index=False):
-        digest.update("\x1f".join(map(str, row)).encode() + b"\n")
-    return digest.hexdigest()
+    rows = frame.sort_values("path")[["path", "label", "sha256", "split"]].astype(str)
+    lines = rows["path"] + "\x1f" + rows["label"] + "\x1f" + rows["sha256"] + "\x1f" + rows["split"]
+    return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
 
 
 def save_manifest(frame: pd.DataFrame, target: Path) -> Path:

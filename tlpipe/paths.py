@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlpipe.config import Params
+from tlpipe.feature_store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,11 @@ def outputs_for(params: Params, project_dir: Path) -> Outputs:
 
 def data_root(params: Params, project_dir: Path) -> Path:
     return resolve(project_dir, params.data.root)
+
+
+def feature_store(params: Params, project_dir: Path) -> FeatureStore:
+    """The project's feature store: ``features.store`` is a URL, or a folder in the project."""
+    location = params.features.store
+    if "://" not in location:
+        location = str(resolve(project_dir, Path(location).expanduser()))
+    return FeatureStore(location, params.features.chunk_vectors)

@@ -20,7 +20,7 @@ from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.data_version import DataVersion, pointer_md5, record_data_version
 from tlpipe.model_versions import alias_version
-from tlpipe.paths import data_root
+from tlpipe.paths import data_root, resolve
 from tlpipe.promotion import PROMOTING_VERDICTS
 
 
@@ -44,7 +44,8 @@ def current_data_version(params: Params, project: Path) -> DataVersion:
     from the pointer as the user left it."""
     root = data_root(params, project)
     if params.retrain.version_data:
-        return record_data_version(root, project, commit=True, push=params.retrain.push_data)
+        return record_data_version(root, project, commit=True, push=params.retrain.push_data,
+                                   state_dir=resolve(project, params.data.state_dir))
     pointer = Path(f"{root}.dvc")
     return DataVersion(pointer_md5(pointer) or "untracked", str(pointer), None, False)
 

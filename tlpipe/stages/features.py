@@ -1,58 +1,77 @@
-"""features: the frozen backbone's feature vectors for every image view, in the feature cache.
+"""features: the frozen backbone's feature vectors for every image view, in the feature store.
 
 Writes the plan (one row per vector: image, split, view, cache key) and the evaluation
 preprocessing it used (``features.eval_resize``, chosen by validation when ``auto``). The
-cache is content-addressed, so a view computed by any earlier run, shard or experiment is
+store is content-addressed, so a view computed by any earlier run, shard or experiment is
 reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 from mlflow.tracking import MlflowClient
 
-from tlpipe import tags
-from tlpipe.backbones import Backbone, backbone_for
+from tlpipe import cluster, tags
+from tlpipe.backbones import Backbone, Preprocessing, backbone_for
 from tlpipe.config import Params
 from tlpipe.devices import resolve_device
 from tlpipe.engines import engine_identity
-from tlpipe.feature_store import FeatureCache
-from tlpipe.features import FeatureSpec, extract_features, plan_views, save_plan, shard_of
+from tlpipe.feature_store import FeatureStore
+from tlpipe.features import (
+    ExtractionStats,
+    FeatureSpec,
+    extract_features,
+    missing_views,
+    plan_views,
+    save_plan,
+    shard_of,
+)
 from tlpipe.fsio import write_json
 from tlpipe.head import class_order
 from tlpipe.ladder import Features, probe_score
 from tlpipe.manifest import load_manifest
-from tlpipe.paths import data_root, outputs_for, resolve
+from tlpipe.paths import data_root, feature_store, outputs_for
 from tlpipe.tracking import RunContext, flat_params, stage_run
 
 STAGE = __name__.rpartition(".")[2]
+
+
+def extraction_device(params: Params) -> torch.device:
+    """Where the backbone runs: this machine's device, or the Ray cluster's workers'."""
+    if params.cluster.engine == "ray":
+        return cluster.worker_device(params)
+    return resolve_device(params.device)
 
 
 def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
     return FeatureSpec(
         weights_digest=backbone.weights_digest, preprocessing=backbone.preprocessing.to_dict(),
         augment=params.augment.model_dump(mode="json"),
-        engine=engine_identity(params.features, resolve_device(params.device)),
+        engine=engine_identity(params.features, extraction_device(params)),
         seed=params.seed,
     )
 
 
-def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureCache, dict]:
+def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureStore, dict]:
     """The views to extract, with the backbone set to the evaluation preprocessing chosen
     (``features.eval_resize``) and what the choice was based on."""
     manifest = load_manifest(outputs_for(params, project).validated)
-    cache = FeatureCache(resolve(project, params.features.cache_dir))
-    backbone, choice = _choose_preprocessing(params, project, manifest, cache)
+    store = feature_store(params, project)
+    backbone, choice = _choose_preprocessing(params, project, manifest, store)
     plan = plan_views(manifest, params.features.views, feature_spec(params, backbone))
-    return plan, backbone, cache, choice
+    return plan, backbone, store, choice
 
 
 def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
-                          cache: FeatureCache) -> tuple[Backbone, dict]:
+                          store: FeatureStore) -> tuple[Backbone, dict]:
     """With ``auto``, each option's features of every training and validation image (never
     a test image) are scored with the cross-validated logistic probe; the best one wins,
     ``crop`` (the pretraining recipe) on a tie."""
@@ -68,8 +87,8 @@ def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
         for option, backbone in backbones.items():
             # One plain view of each image, as evaluation would see it under this option.
             plan = plan_views(seen.assign(split="plain"), 1, feature_spec(params, backbone))
-            _fill(params, project, plan, backbone, cache)
-            scores[option] = probe_score(Features.from_plan(plan, cache, "plain", classes),
+            _fill(params, project, plan, backbone, store)
+            scores[option] = probe_score(Features.from_plan(plan, store, "plain", classes),
                                          len(classes), params.seed)
     chosen = max(options, key=lambda option: (scores.get(option, 0.0), option == "crop"))
     backbone = backbones[chosen]
@@ -78,26 +97,57 @@ def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
 
 
 def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
-          cache: FeatureCache) -> dict:
-    stats = extract_features(plan, data_root(params, project), backbone, params.features,
-                             params.augment, params.seed, cache, resolve_device(params.device))
+          store: FeatureStore) -> dict:
+    device = extraction_device(params)
+    nodes = None
+    if params.cluster.engine == "ray":
+        start = time.perf_counter()
+        missing = missing_views(plan, store)
+        size = params.features.chunk_vectors  # a slice per chunk file
+        nodes = cluster.run_slices(
+            params.cluster, [missing.iloc[i:i + size] for i in range(0, len(missing), size)],
+            functools.partial(_extraction_work, params, project, backbone.preprocessing,
+                              device.type, cluster.worker_threads(params.cluster)),
+            device, "features")
+        stats = ExtractionStats(len(missing), len(plan) - len(missing),
+                                time.perf_counter() - start)
+    else:
+        stats = extract_features(plan, data_root(params, project), backbone, params.features,
+                                 params.augment, params.seed, store, device)
+    compacted = store.compact() if stats.computed else 0
     return {"computed": stats.computed, "cached": stats.cached, "seconds": stats.seconds,
-            "images_per_second": stats.images_per_second,
-            "weights_digest": backbone.weights_digest}
+            "images_per_second": stats.images_per_second, "nodes": nodes,
+            "chunks_compacted": compacted, "weights_digest": backbone.weights_digest}
+
+
+def _extraction_work(params: Params, project: Path, preprocessing: Preprocessing,
+                     device_type: str, threads: int) -> Callable[[pd.DataFrame], int]:
+    """What a Ray worker does, made once on it: the backbone loaded, then slices of the plan
+    into the shared store. Same code, engine and precision as here, so the same vectors."""
+    torch.set_num_threads(threads)  # the engines size their thread pools from this
+    backbone = dataclasses.replace(backbone_for(params.backbone, project),
+                                   preprocessing=preprocessing)
+    store, root, device = feature_store(params, project), data_root(params, project), \
+        torch.device(device_type)
+
+    def extract(part: pd.DataFrame) -> int:
+        return extract_features(part, root, backbone, params.features, params.augment,
+                                params.seed, store, device).computed
+    return extract
 
 
 def fill_shard(params: Params, project: Path, index: int) -> dict:
-    """Fill the cache for part ``index`` of ``features.shards``. Shards can run anywhere that
-    shares the cache folder, in any order; ``compute`` then finds every view cached."""
-    plan, backbone, cache, _ = _plan(params, project)
+    """Fill the store for part ``index`` of ``features.shards``. Shards can run anywhere that
+    shares the store, in any order; ``compute`` then finds every view cached."""
+    plan, backbone, store, _ = _plan(params, project)
     part = shard_of(plan, index, params.features.shards)
-    return {"shard": index, **_fill(params, project, part, backbone, cache)}
+    return {"shard": index, **_fill(params, project, part, backbone, store)}
 
 
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
-    plan, backbone, cache, choice = _plan(params, project)
-    stats = _fill(params, project, plan, backbone, cache)
+    plan, backbone, store, choice = _plan(params, project)
+    stats = _fill(params, project, plan, backbone, store)
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)
     return {"plan": str(out.plan), "preprocessing": choice, **stats}
@@ -119,6 +169,9 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
                                 for option, value in choice["probe_scores"].items()})
             print(f"features: eval_resize auto chose {choice['chosen']['resize']!r} "
                   f"(logistic probe, cross-validated: {choice['probe_scores']})")
-        print(f"features: {result['computed']} computed, {result['cached']} from cache "
-              f"in {result['seconds']:.1f}s")
+        if result["nodes"]:
+            mlflow.log_dict(result["nodes"], "ray_nodes.json")
+        print(f"features: {result['computed']} computed, {result['cached']} from the store "
+              f"in {result['seconds']:.1f}s"
+              + (f" on {len(result['nodes'])} Ray node(s)" if result["nodes"] else ""))
         return result

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from tlpipe import tags
 from tlpipe.backbones import Preprocessing, backbone_for
-from tlpipe.config import Params
+from tlpipe.config import Params, load_params
 from tlpipe.devices import resolve_device
 from tlpipe.finetune import CHECKPOINT_FORMAT, FinetuneData, finetune
 from tlpipe.fsio import file_sha256, sha256_text, write_json
@@ -138,8 +138,13 @@ def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback |
 
 
 def in_each_process(payload: dict) -> dict:
-    """What each torchrun process runs: its share of the same fine-tuning."""
-    return compute(Params.model_validate(payload["params"]), Path(payload["project"]))
+    """What each torchrun process runs: its share of the same fine-tuning. The payload names
+    the project and either the settings or the project's params file (``params_file``, for a
+    launch by hand across hosts: README "Scale")."""
+    project = Path(payload["project"])
+    params = (Params.model_validate(payload["params"]) if "params" in payload
+              else load_params(project / payload.get("params_file", "params.yaml")))
+    return compute(params, project)
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:

@@ -16,11 +16,10 @@ from safetensors.torch import save_file
 from tlpipe import tags
 from tlpipe.config import Params
 from tlpipe.devices import resolve_device
-from tlpipe.feature_store import FeatureCache
 from tlpipe.fsio import file_sha256, write_atomic, write_json
 from tlpipe.head import class_order
 from tlpipe.ladder import Features, fit, score, select
-from tlpipe.paths import outputs_for, resolve
+from tlpipe.paths import feature_store, outputs_for
 from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 
 STAGE = __name__.rpartition(".")[2]
@@ -30,8 +29,8 @@ def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
     plan = pd.read_parquet(out.plan)
     classes = class_order(plan["label"])
-    cache = FeatureCache(resolve(project, params.features.cache_dir))
-    train, val = (Features.from_plan(plan, cache, split, classes) for split in ("train", "val"))
+    store = feature_store(params, project)
+    train, val = (Features.from_plan(plan, store, split, classes) for split in ("train", "val"))
     if len(val) == 0:
         raise ValueError("split.val_fraction: the validation split is empty; raise it or add "
                          "images, choosing a head and early stopping need validation data")

@@ -8,7 +8,7 @@ import mlflow
 
 from tlpipe.config import Params
 from tlpipe.manifest import build_manifest, manifest_fingerprint, save_manifest
-from tlpipe.paths import data_root, outputs_for
+from tlpipe.paths import data_root, outputs_for, resolve
 from tlpipe.tracking import RunContext, flat_params, stage_run
 
 STAGE = __name__.rpartition(".")[2]
@@ -17,10 +17,12 @@ STAGE = __name__.rpartition(".")[2]
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
     frame = build_manifest(data_root(params, project), params.data, params.split,
-                           params.validation.max_pixels)
+                           params.validation.max_pixels,
+                           state_dir=resolve(project, params.data.state_dir))
     save_manifest(frame, out.manifest)
     return {"manifest": str(out.manifest), "fingerprint": manifest_fingerprint(frame),
-            "files": len(frame), "classes": frame.attrs["classes"]}
+            "files": len(frame), "files_read": frame.attrs["files_read"],
+            "classes": frame.attrs["classes"]}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -28,6 +30,7 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         result = compute(params, project)
         mlflow.log_params({"data.root": str(params.data.root),
                            **flat_params("split", params.split)})
-        mlflow.log_metrics({"files": result["files"], "classes": len(result["classes"])})
+        mlflow.log_metrics({"files": result["files"], "files_read": result["files_read"],
+                            "classes": len(result["classes"])})
         mlflow.log_artifact(result["manifest"])
         return result

@@ -1,0 +1,128 @@
+"""The chunked feature store: bounded file count, one-pass reads, fsspec URLs, atomic appends
+under SIGKILL and concurrent writers in real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tlpipe.feature_store import TEMPORARY_SUFFIX, FeatureStore
+
+DIM = 16
+
+
+def key_of(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def vector_of(i: int) -> np.ndarray:
+    return np.random.default_rng(i).standard_normal(DIM).astype(np.float32)
+
+
+def write(store: FeatureStore, ids: range) -> None:
+    with store.writer() as writer:
+        writer.add([key_of(i) for i in ids], np.stack([vector_of(i) for i in ids]))
+
+
+def test_vectors_go_into_chunk_files_and_a_split_is_read_in_one_pass(tmp_path):
+    store = FeatureStore(str(tmp_path / "store"), chunk_vectors=1000)
+    write(store, range(2500))
+    chunks = store.chunks()
+    assert len(chunks) == 3  # 1000 + 1000 + 500, not 2500 files
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file()) == sorted(
+        c.rsplit("/", 1)[1] for c in chunks)
+    wanted = [2499, 3, 1500, 999, 1000, 0]
+    assert np.array_equal(store.read([key_of(i) for i in wanted]),
+                          np.stack([vector_of(i) for i in wanted]))
+    assert len(store) == 2500 and key_of(7) in store and key_of(2500) not in store
+    with pytest.raises(KeyError, match=r"1 of 2 vectors are not stored.*features stage"):
+        store.read([key_of(1), key_of(9999)])
+
+
+@pytest.mark.parametrize("url", ["memory://tlpipe-test/features", "file://{tmp}/features"])
+def test_the_store_can_live_at_any_fsspec_url(tmp_path, url):
+    store = FeatureStore(url.format(tmp=tmp_path), chunk_vectors=64)
+    write(store, range(100))
+    again = FeatureStore(url.format(tmp=tmp_path), chunk_vectors=64)  # another process's view
+    assert len(again.chunks()) == 2
+    assert np.array_equal(again.read([key_of(99), key_of(0)]),
+                          np.stack([vector_of(99), vector_of(0)]))
+
+
+def test_compaction_merges_the_small_chunks_of_many_small_runs(tmp_path):
+    store = FeatureStore(str(tmp_path), chunk_vectors=100)
+    for start in range(0, 50, 10):  # five runs that each added ten images
+        write(store, range(start, start + 10))
+    write(store, range(45, 55))  # a run that recomputed five views another run had stored
+    assert len(store.chunks()) == 6
+    assert store.compact() == 6
+    assert len(store.chunks()) == 1 and len(store) == 55
+    assert np.array_equal(store.read([key_of(i) for i in range(55)]),
+                          np.stack([vector_of(i) for i in range(55)]))
+    assert store.compact() == 0  # one chunk: nothing to merge
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import pyarrow.parquet as pq
+    from tests.test_feature_store import key_of, vector_of, write
+    from tlpipe.feature_store import FeatureStore
+
+    location, first, count, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if pause == "pause":  # stop inside the chunk write, after its bytes, before the rename
+        original = pq.write_table
+        def slow_write(*args, **kwargs):
+            original(*args, **kwargs)
+            print("writing", flush=True)
+            time.sleep(600)
+        pq.write_table = slow_write
+    store = FeatureStore(location, chunk_vectors=50)
+    for start in range(first, first + count, 50):
+        write(store, range(start, start + 50))
+""")
+
+
+def writer_process(location, first: int, count: int, pause: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(location), str(first), str(count),
+                             "pause" if pause else "-"], stdout=subprocess.PIPE, text=True)
+
+
+def test_a_writer_killed_mid_chunk_leaves_no_chunk_a_reader_sees(tmp_path):
+    store = FeatureStore(str(tmp_path), chunk_vectors=50)
+    write(store, range(50))
+    process = writer_process(tmp_path, 1000, 50, pause=True)
+    assert process.stdout.readline() == "writing\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    # The killed chunk's bytes are on disk, under a name no reader lists.
+    left = [p for p in (tmp_path / "chunks").iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
+    assert len(left) == 1 and left[0].stat().st_size > 0
+    assert len(store.chunks()) == 1 and len(FeatureStore(str(tmp_path))) == 50
+    assert key_of(1000) not in store
+
+
+def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
+    # Four writers, each with half its views also computed by a neighbour.
+    processes = [writer_process(tmp_path, 200 * n, 400) for n in range(4)]
+    reader = FeatureStore(str(tmp_path))
+    reads = 0
+    while any(process.poll() is None for process in processes):
+        index = reader.index()  # a reader in the middle of it all sees only whole chunks
+        keys = list(index)[:200]
+        if keys:
+            reader.read(keys)
+            reads += 1
+        time.sleep(0.05)
+    assert [process.returncode for process in processes] == [0, 0, 0, 0] and reads > 0
+    assert len(reader) == 1000 and len(reader.chunks()) == 32  # 4 writers x 8 chunks
+    assert np.array_equal(reader.read([key_of(i) for i in range(1000)]),
+                          np.stack([vector_of(i) for i in range(1000)]))
+    assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
