@@ -75,7 +75,8 @@ def test_init_makes_a_committed_project_around_the_data(pets):
     params = yaml.safe_load(git("show", "HEAD~1:params.yaml", cwd=project))
     assert params["registry"]["model_name"] == "my-pets"
     assert params["data"] == {"root": "data/raw/my-pets",
-                              "expected_classes": sorted(CLASSES.values())}
+                              "expected_classes": sorted(CLASSES.values()),
+                              "state_dir": ".cache/manifest"}
     assert git("ls-files", cwd=project).split() == [
         ".dvc/.gitignore", ".dvc/config", ".dvcignore", ".gitignore", "README.md",
         "data/raw/.gitignore", "data/raw/my-pets.dvc", "dvc.yaml", "params.yaml",
