@@ -153,10 +153,8 @@ class FeatureStore:
             return 0
         keys = [key for name in small for key in self._keys_of[name]
                 if index[key][0] == name]  # each key once, from the chunk that serves it
-        vectors = self._read(keys, index)
-        for start in range(0, len(keys), self.chunk_vectors):
-            self.write_chunk(keys[start:start + self.chunk_vectors],
-                             vectors[start:start + self.chunk_vectors])
+        with self.writer() as writer:
+            writer.add(keys, self._read(keys, index))
         for name in small:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(name)
@@ -178,7 +176,6 @@ class ChunkWriter:
         self.store = store
         self._keys: list[str] = []
         self._vectors: list[np.ndarray] = []
-        self.chunks_written = 0
 
     def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         for key, vector in zip(keys, vectors, strict=True):
@@ -190,7 +187,6 @@ class ChunkWriter:
     def flush(self) -> None:
         if self._keys:
             self.store.write_chunk(self._keys, np.stack(self._vectors))
-            self.chunks_written += 1
             self._keys, self._vectors = [], []
 
 
