@@ -13,7 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from tlpipe.config import parse_params
+from tlpipe.errors import SettingsError
 from tlpipe.feature_store import TEMPORARY_SUFFIX, FeatureStore
+from tlpipe.paths import feature_store
 
 DIM = 16
 
@@ -54,6 +57,13 @@ def test_the_store_can_live_at_any_fsspec_url(tmp_path, url):
     assert len(again.chunks()) == 2
     assert np.array_equal(again.read([key_of(99), key_of(0)]),
                           np.stack([vector_of(99), vector_of(0)]))
+
+
+@pytest.mark.parametrize("url", ["xyz://nowhere/features", "s3://bucket/features"])
+def test_a_store_url_nothing_here_can_open_names_the_setting(tmp_path, url):
+    with pytest.raises(SettingsError, match=r"features.store: '[a-z0-9]+://.*(Protocol not "
+                                            r"known|s3fs)"):
+        feature_store(parse_params({"features": {"store": url}}), tmp_path)
 
 
 def test_compaction_merges_the_small_chunks_of_many_small_runs(tmp_path):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlpipe.config import Params
+from tlpipe.errors import SettingsError
 from tlpipe.feature_store import FeatureStore
 
 
@@ -58,4 +59,10 @@ def feature_store(params: Params, project_dir: Path) -> FeatureStore:
     location = params.features.store
     if "://" not in location:
         location = str(resolve(project_dir, Path(location).expanduser()))
-    return FeatureStore(location, params.features.chunk_vectors)
+    try:
+        return FeatureStore(location, params.features.chunk_vectors)
+    except (ValueError, ImportError) as error:  # fsspec: unknown protocol, or not installed
+        raise SettingsError(
+            f"features.store: {location!r}: {error}. Use a folder, or a URL whose fsspec file "
+            "system is installed here and on every worker (s3fs for s3://, gcsfs for gs://)"
+        ) from None
