@@ -37,7 +37,7 @@ from tlpipe.head import class_order
 from tlpipe.images import load_rgb
 from tlpipe.manifest import load_manifest
 from tlpipe.paths import outputs_for
-from tlpipe.stages import evaluate, features, finetune, head, manifest, validate
+from tlpipe.stages import audit, evaluate, features, finetune, head, manifest, validate
 from tlpipe.stages.features import feature_spec
 
 
@@ -114,7 +114,7 @@ def baselines(params, project: Path, seed: int) -> list[tuple[str, float, float,
 
 def tlpipe_run(params, project: Path) -> tuple[tuple[str, float, float, float], str]:
     start = time.perf_counter()
-    for stage in (manifest, validate, features):
+    for stage in (manifest, validate, features, audit):
         stage.compute(params, project)
     chosen = head.compute(params, project)
     tuned = finetune.compute(params, project)

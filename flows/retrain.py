@@ -4,10 +4,11 @@ it on a schedule, with runs that never overlap."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psutil
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -21,10 +22,16 @@ from pydantic import ValidationError
 from flows.hooks import cancelled_when_stopped
 from flows.promote import promote_flow
 from flows.train import train_flow
-from tasks.retrain import current_data_version, notify, registered_state
+from tasks.retrain import check_drift, current_data_version, notify, registered_state
 from tlpipe import tags
 from tlpipe.config import Params, load_params
-from tlpipe.retrain import NotifyError, Outcome, outcome_of_decision, plan_retrain
+from tlpipe.retrain import (
+    NotifyError,
+    Outcome,
+    outcome_of_decision,
+    plan_by_trigger,
+    plan_retrain,
+)
 from tlpipe.stack import stop_tree
 from tlpipe.tracking import configure, finishing, start_parent_run
 
@@ -32,7 +39,8 @@ from tlpipe.tracking import configure, finishing, start_parent_run
 @flow(name="tlpipe-retrain", log_prints=True, on_crashed=[cancelled_when_stopped])
 def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force: bool = False,
                  overrides: dict | None = None):
-    """Version the data with DVC; when it is new to the registry (or ``force``), run the
+    """Version the data with DVC; when it is new to the registry (or ``force``), and has
+    drifted from the champion's training images if ``retrain.trigger`` is drift, run the
     training flow and then the promotion flow. Every outcome (skipped, promoted, refused,
     failed) ends as this flow run's state and as an MLflow run of kind ``retrain``, and is
     posted to ``retrain.notify_url`` when one is set."""
@@ -51,8 +59,10 @@ def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force
             outcome.outcome, outcome.reason = "failed", f"{type(error).__name__}: {error}"
             raise
         finally:
+            now = int(time.time() * 1000)
             MlflowClient().log_batch(outcome.retrain_run_id, tags=[
-                RunTag(key, value) for key, value in outcome.tags().items()])
+                RunTag(key, value) for key, value in outcome.tags().items()], metrics=[
+                Metric(key, value, now, 0) for key, value in outcome.metrics().items()])
             _tell(params, outcome)
     print(f"retrain: {outcome.outcome.upper()}: {outcome.reason}")
     return Completed(name=outcome.outcome.title(), message=outcome.reason,
@@ -65,6 +75,10 @@ def _retrain(params: Params, project: Path, force: bool, outcome: Outcome) -> No
     champion, newest = registered_state(params.registry)
     plan = plan_retrain(data.md5, champion, newest, force)
     outcome.champion = champion.version if champion else None
+    if plan.retrain and champion is not None and not force:
+        drift = check_drift(params, project, champion)
+        outcome.drift = drift.to_dict()
+        plan = plan_by_trigger(plan, drift, params.retrain)
     if not plan.retrain:
         outcome.outcome, outcome.reason = "skipped", plan.reason
         return

@@ -21,9 +21,10 @@ from tlpipe.tracking import pipeline_run
 
 @flow(name="tlpipe-train", log_prints=True, on_crashed=[cancelled_when_stopped])
 def train_flow(params: Params, project_dir: str = ".") -> dict:
-    """Validate the data, extract cached features, train the head, fine-tune, evaluate on the
-    held-out test split, register the model as the challenger, then let the promotion gate
-    decide whether it becomes champion. Each step is ``tlpipe/stages/<name>.py``."""
+    """Validate the data, extract cached features, audit them (label issues, leaks, outliers),
+    train the head on the audited images, fine-tune, evaluate on the held-out test split,
+    register the model as the challenger, then let the promotion gate decide whether it
+    becomes champion. Each step is ``tlpipe/stages/<name>.py``."""
     project = Path(project_dir).resolve()
     run_tags = {tags.PARAMS_HASH: params.digest(), tags.BACKBONE: params.backbone.name,
                 tags.PREFECT_FLOW_RUN_ID: str(flow_run.get_id()), tags.TRIGGER: "flow",
@@ -43,6 +44,10 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
             features_shard.map(unmapped(settings), unmapped(project),
                                range(params.features.shards)).result()
         features = stage.features(run, settings, project)
+        try:
+            audit = stage.audit(run, settings, project)
+        finally:  # the findings, whether or not a fail verdict stopped the run
+            artifacts.publish_audit(settings, project)
         head = stage.head(run, settings, project)
         finetune = stage.finetune(run, settings, project)
         evaluation = stage.evaluate(run, settings, project)
@@ -52,7 +57,7 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
     promotion = (promote_flow(params, project_dir, version=str(version["version"]))
                  if params.promotion.after_training else None)
     return {"run_id": run.parent_run_id, "outputs": str(project / settings.outputs_dir),
-            "model": version, "features": features,
+            "model": version, "features": features, "audit": audit,
             "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
             "test_macro_f1": evaluation["macro_f1"],
             "small_test_split": evaluation["small_test_split"], "promotion": promotion}

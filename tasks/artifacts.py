@@ -1,10 +1,10 @@
 """Each flow run's headline as Prefect artifacts, so the Prefect UI tells the story without
-opening MLflow: the data validation verdict, the test metrics, the promotion verdict.
+opening MLflow: the data validation verdict, the audit, the test metrics, the promotion verdict.
 
 Keys start with the registered model's name (Prefect allows lowercase letters, digits and
 dashes only), so the Artifacts page keeps one history per model and kind:
-``<model>-validation``, ``<model>-test-metrics``, ``<model>-test-per-class``,
-``<model>-promotion``.
+``<model>-validation``, ``<model>-audit``, ``<model>-test-metrics``,
+``<model>-test-per-class``, ``<model>-promotion``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,23 @@ def publish_validation(params: Params, project: Path) -> None:
     _publish(create_markdown_artifact, artifact_key(params.registry.model_name, "validation"),
              f"Data validation {verdict}: {report['kept_files']} of {report['total_files']} "
              "files kept", markdown=out.report_md.read_text())
+
+
+def publish_audit(params: Params, project: Path, shown: int = 100) -> None:
+    """The audit's counts, and its findings as a table (the first ``shown`` of them)."""
+    out = outputs_for(params, project)
+    if not out.audit_summary.is_file():
+        return
+    summary = json.loads(out.audit_summary.read_text())
+    findings = json.loads(out.audit_findings.read_text())
+    failed = f", FAILED on {', '.join(summary['failed'])}" if summary["failed"] else ""
+    _publish(create_table_artifact, artifact_key(params.registry.model_name, "audit"),
+             f"Audit of {summary['images']} images: {summary['label_issues']} label issue(s), "
+             f"{summary['leaks']} leak(s), {summary['conflicts']} conflict(s), "
+             f"{summary['outliers']} outlier(s), {summary['quarantined']} quarantined{failed}",
+             table=[{key: row[key] for key in ("path", "split", "label", "finding", "score",
+                                               "suggested", "neighbour", "verdict")}
+                    for row in findings[:shown]])
 
 
 def publish_test_metrics(params: Params, evaluation: dict) -> None:

@@ -7,4 +7,5 @@ from tlpipe import retrain
 
 current_data_version = step_task(retrain.current_data_version, **IO_RETRIES)
 registered_state = step_task(retrain.registered_state, **IO_RETRIES)
+check_drift = step_task(retrain.check_drift)
 notify = step_task(retrain.notify, retries=2, retry_delay_seconds=2)

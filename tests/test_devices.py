@@ -96,7 +96,7 @@ def test_forced_cpu_leaves_the_gpu_untouched(demo_batch, tmp_path):
 def test_the_demo_on_the_gpu_scores_within_one_test_image_of_the_cpu(tmp_path):
     """The demo's stages with their shipped settings, once per device: test accuracy may
     differ by one image at most (bf16 on the GPU, onnxruntime float32 on the CPU)."""
-    from tlpipe.stages import evaluate, features, finetune, head, manifest, validate
+    from tlpipe.stages import audit, evaluate, features, finetune, head, manifest, validate
 
     results = {}
     for device in ("cpu", "cuda"):
@@ -106,7 +106,7 @@ def test_the_demo_on_the_gpu_scores_within_one_test_image_of_the_cpu(tmp_path):
             "validation": {"quarantine": ["format"]},
             "features": {"store": str(project / "features"), "engine_dir": str(tmp_path)},
             "tracking": {"tracking_uri": f"sqlite:///{project}/mlflow.db"}})
-        for stage in (manifest, validate, features, head, finetune):
+        for stage in (manifest, validate, features, audit, head, finetune):
             stage.compute(params, project)
         results[device] = evaluate.compute(params, project)
     test_images = len(json.loads(outputs_for(params, project).predictions_json.read_text()))

@@ -77,8 +77,8 @@ def first_repro(repos):
 
 def test_fresh_clone_pull_and_repro_builds_the_model(repos, first_repro):
     _, clone = repos
-    assert stages_run(first_repro) == ["manifest", "validate", "augment", "features", "head",
-                                       "finetune", "evaluate"]
+    assert stages_run(first_repro) == ["manifest", "validate", "augment", "features", "audit",
+                                       "head", "finetune", "evaluate"]
     assert (clone / "outputs" / "model" / "model.safetensors").is_file()
     metrics = json.loads((clone / "outputs" / "evaluate" / "metrics.json").read_text())
     assert metrics["n_test"] == 10 and 0 <= metrics["accuracy"] <= 1
@@ -99,7 +99,7 @@ def test_repro_is_tracked_as_one_parent_run_with_a_child_per_stage(repos, first_
     assert tags["data_dvc_md5"].endswith(".dir")
     children = client.search_runs([experiment],
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert len(children) == 7 and "test_accuracy" in parents[0].data.metrics
+    assert len(children) == 8 and "test_accuracy" in parents[0].data.metrics
 
 
 def test_second_repro_does_nothing(repos, first_repro):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from flows.promote import promote_flow
 from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
 from tlpipe import tracking
+from tlpipe.audit import AuditFailed
 from tlpipe.backbones import BackboneError, backbone_for
 from tlpipe.cli import app
 from tlpipe.config import load_params
@@ -70,13 +72,15 @@ def test_parent_run_holds_headline_metrics_tags_and_one_child_per_stage(trained)
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{first['run_id']}'")
     stages = sorted(run.data.tags["tlpipe.stage"] for run in children)
-    assert stages == sorted(["manifest", "validate", "augment", "features", "head", "finetune",
-                             "evaluate", "register"])
+    assert stages == sorted(["manifest", "validate", "augment", "features", "audit", "head",
+                             "finetune", "evaluate", "register"])
     in_order = sorted(children, key=lambda run: run.info.start_time)
     assert [run.data.tags["tlpipe.stage"] for run in in_order] == [s.name for s in STAGES]
     assert all(run.info.status == "FINISHED" for run in children)
     artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
-    assert {"validation", "augment", "evaluation", "model_card.md"} <= artifacts
+    assert {"validation", "augment", "audit", "evaluation", "model_card.md"} <= artifacts
+    audit = {a.path for a in client.list_artifacts(first["run_id"], "audit")}
+    assert {"audit/report.html", "audit/images.parquet", "audit/preprocessing.json"} <= audit
     evaluation = {a.path for a in client.list_artifacts(first["run_id"], "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/learning_curves.png",
             "evaluation/metrics.json"} <= evaluation
@@ -242,8 +246,9 @@ def test_a_flow_run_publishes_validation_and_test_figures_as_prefect_artifacts(t
     tracking.configure(params.tracking, project)
     flow_run_id = MlflowClient().get_run(first["run_id"]).data.tags["prefect_flow_run_id"]
     found = prefect_artifacts(flow_run_id)
-    assert set(found) >= {"test-ants-bees-validation", "test-ants-bees-test-metrics",
-                          "test-ants-bees-test-per-class"}
+    assert set(found) >= {"test-ants-bees-validation", "test-ants-bees-audit",
+                          "test-ants-bees-test-metrics", "test-ants-bees-test-per-class"}
+    assert found["test-ants-bees-audit"].description.startswith("Audit of ")
     validation = found["test-ants-bees-validation"]
     assert validation.description.startswith("Data validation PASSED: ")
     assert "QUARANTINED" in validation.data
@@ -274,3 +279,25 @@ def test_a_failed_validation_still_publishes_its_verdict(tmp_path, prefect_harne
     artifact = found["never-registered-3-validation"]  # the name made a key Prefect accepts
     assert artifact.description.startswith("Data validation FAILED (decodable): ")
     assert "train/bees/empty.jpg" in artifact.data
+
+
+def test_a_fail_verdict_of_the_audit_stops_before_training_and_registers_nothing(
+        tmp_path, prefect_harness):
+    leak = "train/bees/resized_copy.jpg"
+
+    def leak_a_test_image_into_train(data):
+        original = sorted((data / "val" / "bees").glob("*.jpg"))[0]
+        with Image.open(original) as image:
+            image.convert("RGB").resize((image.width * 4 // 5, image.height * 4 // 5)).save(
+                data / leak, quality=75)
+
+    project, run = _failing_run(tmp_path, {"registry": {"model_name": "never-registered-4"},
+                                           "audit": {"leaks": "fail"}},
+                                AuditFailed, r"audit\.leaks is fail", leak_a_test_image_into_train)
+    assert leak in run.data.tags["failure_reason"]
+    assert not list(project.glob("runs/*/head"))
+    client = MlflowClient()
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "audit")}
+    assert {"audit/report.html", "audit/findings.json"} <= logged
+    artifact = prefect_artifacts(run.data.tags["prefect_flow_run_id"])["never-registered-4-audit"]
+    assert "FAILED on leak" in artifact.description and leak in artifact.data

@@ -19,7 +19,7 @@ from tlpipe.config import load_params
 from tlpipe.head import HeadSpec, build_head
 from tlpipe.model_io import load_classifier
 from tlpipe.paths import outputs_for
-from tlpipe.stages import evaluate, features, finetune, head, manifest, validate
+from tlpipe.stages import audit, evaluate, features, finetune, head, manifest, validate
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def project(tmp_path_factory):
         "head": {"candidates": ["logistic", "linear", "mlp", "knn"]},
         "registry": {"model_name": "shapes"}})
     params = load_params(project / "params.yaml")
-    for stage in (manifest, validate, features):
+    for stage in (manifest, validate, features, audit):
         stage.compute(params, project)
     return project
 

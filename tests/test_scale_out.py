@@ -12,7 +12,7 @@ from tests.conftest import copy_slice, make_project
 from tlpipe.config import load_params
 from tlpipe.feature_store import FeatureStore
 from tlpipe.paths import outputs_for
-from tlpipe.stages import features, finetune, head, manifest, validate
+from tlpipe.stages import audit, features, finetune, head, manifest, validate
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def test_shards_fill_the_cache_that_one_extraction_reads(project):
 def test_torchrun_two_processes_match_one(project):
     params = load_params(project / "params.yaml")
     features.compute(params, project)
+    audit.compute(params, project)
     head.compute(params, project)
     one = finetune.compute(params, project)
 

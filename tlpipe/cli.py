@@ -176,6 +176,7 @@ def run(
         f"Registered {model['name']} version {model['version']} as @{model['alias']}: "
         f"test accuracy {summary['test_accuracy']:.4f}, macro-F1 "
         f"{summary['test_macro_f1']:.4f}. MLflow run {summary['run_id']}.", fg=typer.colors.GREEN)
+    typer.echo(_audit_line(summary["audit"]))
     typer.echo(f"Outputs (report, plots, model): {summary['outputs']}")
     if summary["promotion"]:
         _print_decision(summary["promotion"])
@@ -206,6 +207,40 @@ def validate(
     typer.echo(report.to_markdown())
     typer.echo(f"HTML report: {page}")
     raise typer.Exit(0 if report.passed else 1)
+
+
+def _audit_line(result: dict) -> str:
+    return (f"Audit: {result['label_issues']} label issue(s), {result['leaks']} leak(s) across "
+            f"splits, {result['conflicts']} conflict(s), {result['outliers']} outlier(s); "
+            f"{result['quarantined']} quarantined. Report: {result['report']}")
+
+
+@app.command()
+def audit(
+    data_dir: Annotated[Path | None, typer.Argument(
+        help="Folder of class folders (or train/ val/ [test/]) to audit; default: data.root.")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Audit the images alone, through their own embeddings: label issues (cleanlab),
+    near-copies across splits (leaks) and across classes (conflicts), outliers. Runs the
+    validation gate and the plain-view features first (stored: a later run reuses them), then
+    writes <runs_dir>/audit/audit/report.html with thumbnails, each flagged image beside its
+    nearest neighbour, and a map of the embeddings. Exit 0, or 1 when validation fails or a
+    finding's verdict (params.yaml, section audit) is fail."""
+    apply_runtime_defaults(Path.cwd())
+    settings = _load(params, set_, data_dir)
+    settings = settings.model_copy(update={"outputs_dir": settings.runs_dir / "audit"})
+    from tlpipe.stages import audit as audit_stage
+    from tlpipe.stages import features, manifest
+    from tlpipe.stages import validate as validate_stage
+
+    project = Path.cwd()
+    manifest.compute(settings, project)
+    validate_stage.compute(settings, project)
+    features.compute(settings, project, plain_only=True)
+    typer.echo(_audit_line(audit_stage.compute(settings, project)))
 
 
 @app.command("demo-data")

@@ -159,6 +159,35 @@ class ClusterConfig(Section):
     max_workers: PositiveInt | None = None  # default: as many as the cluster's CPUs (or GPUs) fit
 
 
+Verdict = Literal["fail", "quarantine", "report"]
+
+
+class AuditConfig(Section):
+    """What the audit of the plain-view embeddings looks for, and what each finding does:
+    fail (stop before training), quarantine (left out of training and listed; a test image
+    is only listed, the held-out set stays whole) or report (listed)."""
+
+    label_issues: Verdict = "report"     # cleanlab, on out-of-fold probabilities
+    leaks: Verdict = "quarantine"        # a near-copy across splits: its training side goes
+    conflicts: Verdict = "report"        # near-copies filed under different classes
+    outliers: Verdict = "report"         # far from every class
+    # cleanlab's filter_by: predicted_neq_given lists every image the out-of-fold probe
+    # disagrees with; prune_by_noise_rate (confident learning) fewer, with fewer false alarms.
+    label_issue_filter: Literal["predicted_neq_given", "prune_by_noise_rate", "prune_by_class",
+                                "both", "confident_learning"] = "predicted_neq_given"
+    cv_folds: Annotated[int, Field(ge=2)] = 5
+    # A near-copy pair is at most this fraction of the median image's cosine distance to its
+    # nearest neighbour apart: relative, since how close distinct images are depends on the
+    # data (distinct photos of the demo are >= 0.19 apart, shapes on noise 0.03).
+    near_copy_distance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    neighbours: PositiveInt = 5          # searched per image, for near-copies and the report
+    # An outlier's distance to its nearest class centre is this many robust standard
+    # deviations (1.4826 MAD) above the median image's.
+    outlier_deviations: PositiveFloat = 4.0
+    exact_search_max: PositiveInt = 20_000  # more vectors: an approximate FAISS index (IVF)
+    report_images: Annotated[int, Field(ge=0)] = 40  # thumbnails per finding in the HTML page
+
+
 HeadKind = Literal["logistic", "linear", "mlp", "knn"]
 
 
@@ -271,6 +300,12 @@ class RetrainConfig(Section):
     push_data: bool = True
     notify_url: AnyHttpUrl | None = None  # gets a JSON POST with every retrain's outcome
     notify_timeout_s: PositiveFloat = 10
+    # What starts a retrain once the data changed: any change, or only a change that drifted
+    # (the new images unlike the champion's training images: MMD, permutation test).
+    trigger: Literal["changed", "drift"] = "changed"
+    drift_significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    drift_permutations: Annotated[int, Field(ge=100)] = 1000
+    drift_max_images: Annotated[int, Field(ge=10)] = 2000  # a random sample of each side beyond
 
 
 class TrackingConfig(Section):
@@ -285,6 +320,7 @@ class TrackingConfig(Section):
 WHERE_AND_HOW_FAST = {
     "outputs_dir": True, "runs_dir": True, "cluster": True, "data": {"state_dir"},
     "features": {"store", "chunk_vectors", "shards", "num_workers", "engine_dir"},
+    "audit": {"report_images"},
 }
 
 
@@ -300,6 +336,7 @@ class Params(Section):
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
     cluster: ClusterConfig = ClusterConfig()
+    audit: AuditConfig = AuditConfig()
     head: HeadConfig = HeadConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()

@@ -34,6 +34,8 @@ import torch
 
 CHUNK_SUFFIX = ".parquet"
 TEMPORARY_SUFFIX = ".tmp"
+# A plan's view 0 of an image is its evaluation preprocessing; views 1..N are augmented.
+PLAIN_VIEW = 0
 # A temporary file this old belongs to a writer that died; a live writer renames it in seconds.
 STALE_TEMPORARY_S = 24 * 3600
 

@@ -19,14 +19,17 @@ from tqdm.auto import tqdm
 
 from tlpipe.augment import train_decode_side, train_transform, view_seed
 from tlpipe.backbones import Backbone
-from tlpipe.config import AugmentConfig, FeaturesConfig
-from tlpipe.engines import check_fidelity, engine_placement, feature_engine, placed
-from tlpipe.feature_store import FeatureStore
+from tlpipe.config import AugmentConfig, FeaturesConfig, Params
+from tlpipe.engines import (
+    check_fidelity,
+    engine_identity,
+    engine_placement,
+    feature_engine,
+    placed,
+)
+from tlpipe.feature_store import PLAIN_VIEW, FeatureStore
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.preprocess import ImageFolderRows, iterate_batches
-
-PLAIN_VIEW = 0  # views 1..N are augmented; view 0 is the evaluation preprocessing
-
 
 # The code that turns an image file into a vector: decoding, transforms, backbone, forward pass.
 _VECTOR_CODE = ("tlpipe.images", "tlpipe.preprocess", "tlpipe.augment", "tlpipe.backbones",
@@ -55,6 +58,14 @@ class FeatureSpec:
         policy = (self.augment, self.seed) if view != PLAIN_VIEW else None
         return sha256_text(sha256, self.weights_digest, sorted(self.preprocessing.items()),
                            policy, self.engine, view, self.code_digest)
+
+
+def spec_on(params: Params, backbone: Backbone, device: torch.device) -> FeatureSpec:
+    """The spec of the vectors ``backbone`` makes on ``device`` under ``params``."""
+    return FeatureSpec(
+        weights_digest=backbone.weights_digest, preprocessing=backbone.preprocessing.to_dict(),
+        augment=params.augment.model_dump(mode="json"),
+        engine=engine_identity(params.features, device), seed=params.seed)
 
 
 @dataclass

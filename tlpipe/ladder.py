@@ -29,12 +29,11 @@ from torch import nn
 
 from tlpipe.config import HeadConfig
 from tlpipe.devices import CPU
-from tlpipe.feature_store import FeatureStore, load_split
+from tlpipe.feature_store import PLAIN_VIEW, FeatureStore, load_split
 from tlpipe.head import HeadSpec, TrainingHistory, build_head, train_head
 
 # The earlier of two candidates wins a tie: the simpler model, the cheaper fit.
 LADDER_ORDER = ("logistic", "linear", "knn", "mlp")
-PLAIN_VIEW = 0
 SMALL_MATRIX = 20_000_000  # values: about 15k images of 1280 features
 
 

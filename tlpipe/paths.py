@@ -23,6 +23,13 @@ class Outputs:
     report_html = property(lambda self: self.root / "validation" / "report.html")
     preview = property(lambda self: self.root / "augment" / "preview.png")
     plan = property(lambda self: self.root / "features" / "plan.parquet")
+    audit_summary = property(lambda self: self.root / "audit" / "summary.json")
+    audit_findings = property(lambda self: self.root / "audit" / "findings.json")
+    audit_report = property(lambda self: self.root / "audit" / "report.html")
+    audit_map = property(lambda self: self.root / "audit" / "map.png")
+    quarantine = property(lambda self: self.root / "audit" / "quarantine.json")
+    # Every audited image (plain-view key), and whether training uses it: drift's reference.
+    audited_images = property(lambda self: self.root / "audit" / "images.parquet")
     head_weights = property(lambda self: self.root / "head" / "head.safetensors")
     head_history = property(lambda self: self.root / "head" / "history.json")
     head_spec = property(lambda self: self.root / "head" / "head.json")

@@ -32,6 +32,7 @@ STAGES = (
     Stage("validate"),
     Stage("augment"),
     Stage("features"),
+    Stage("audit"),  # its verdicts decide which images the head and fine-tuning see
     Stage("head"),
     Stage("finetune"),  # resumes from its last epoch checkpoint after an interruption
     Stage("evaluate"),

@@ -3,7 +3,9 @@
 The data version (DVC's hash of the data folder) is compared with the one each registered
 version was trained on. A retrain happens when the data differs from the champion's, unless
 the newest version was already trained on exactly this data and refused: training it again
-would only repeat that verdict on every tick.
+would only repeat that verdict on every tick. When the data changed under a champion, the new
+images are tested for drift from its training images (``tlpipe.drift``); with
+``retrain.trigger: drift`` only a drift retrains.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
-from tlpipe.config import Params, RegistryConfig
+from tlpipe.config import Params, RegistryConfig, RetrainConfig
 from tlpipe.data_version import DataVersion, pointer_md5, record_data_version
+from tlpipe.drift import Drift, DriftNotMeasured, measure_drift
 from tlpipe.model_versions import alias_version
 from tlpipe.paths import data_root, resolve
 from tlpipe.promotion import PROMOTING_VERDICTS
@@ -31,6 +34,8 @@ class TrainedOn:
     version: str
     data_md5: str
     verdict: str | None  # the promotion verdict recorded on it, if any
+    run_id: str | None = None          # the pipeline run that trained it
+    weights_digest: str | None = None  # its backbone's weights
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ def current_data_version(params: Params, project: Path) -> DataVersion:
 
 def _trained_on(version) -> TrainedOn:
     return TrainedOn(str(version.version), version.tags.get(tags.DATA_DVC_MD5, "unknown"),
-                     version.tags.get(tags.VERDICT))
+                     version.tags.get(tags.VERDICT), version.tags.get(tags.PIPELINE_RUN_ID),
+                     version.tags.get(tags.WEIGHTS_DIGEST))
 
 
 def registered_state(registry: RegistryConfig) -> tuple[TrainedOn | None, TrainedOn | None]:
@@ -89,6 +95,27 @@ def plan_retrain(data_md5: str, champion: TrainedOn | None, newest: TrainedOn | 
                              f"{champion.data_md5[:12]} -> {short}")
 
 
+def check_drift(params: Params, project: Path, champion: TrainedOn) -> Drift:
+    """The drift of the new images from the champion's training images; a test that cannot
+    run says why instead of failing the retrain."""
+    try:
+        if champion.run_id is None:
+            raise DriftNotMeasured(f"champion v{champion.version} names no pipeline run")
+        return measure_drift(params, project, champion.run_id, champion.weights_digest)
+    except DriftNotMeasured as error:
+        return Drift(None, f"drift not measured: {error}")
+
+
+def plan_by_trigger(plan: RetrainPlan, drift: Drift, config: RetrainConfig) -> RetrainPlan:
+    """With ``retrain.trigger: drift``, changed data retrains only when it drifted (or when
+    drift could not be measured: then the change alone decides, and the reason says so)."""
+    if config.trigger == "changed" or drift.drifted is None:
+        return RetrainPlan(plan.retrain, f"{plan.reason}; {drift.reason}")
+    if drift.drifted:
+        return RetrainPlan(True, f"{plan.reason}; {drift.reason}")
+    return RetrainPlan(False, f"{plan.reason}, but {drift.reason}; retrain.trigger is drift")
+
+
 @dataclass
 class Outcome:
     """What one retrain came to, why, and where to look."""
@@ -103,13 +130,23 @@ class Outcome:
     decision_run_id: str | None = None
     retrain_run_id: str | None = None
     prefect_flow_run_id: str | None = None
+    drift: dict | None = None           # Drift.to_dict(), when the data changed under a champion
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def tags(self) -> dict[str, str]:
-        return {f"retrain.{key}": str(value)[:4000] for key, value in asdict(self).items()
-                if value is not None and key != "retrain_run_id"}
+        flat = {key: value for key, value in asdict(self).items()
+                if value is not None and key not in ("retrain_run_id", "drift")}
+        flat.update({f"drift_{key}": json.dumps(value) if isinstance(value, list) else value
+                     for key, value in (self.drift or {}).items() if value is not None})
+        return {f"retrain.{key}": str(value)[:4000] for key, value in flat.items()}
+
+    def metrics(self) -> dict[str, float]:
+        drift = self.drift or {}
+        return {f"drift_{key}": float(drift[key]) for key in ("statistic", "p_value",
+                                                               "new_images")
+                if drift.get(key) is not None}
 
 
 def outcome_of_decision(decision: dict) -> str:

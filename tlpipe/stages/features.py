@@ -23,9 +23,9 @@ from tlpipe import cluster, tags
 from tlpipe.backbones import Backbone, Preprocessing, backbone_for
 from tlpipe.config import Params
 from tlpipe.devices import resolve_device
-from tlpipe.engines import engine_identity
 from tlpipe.feature_store import FeatureStore
 from tlpipe.features import (
+    PLAIN_VIEW,
     ExtractionStats,
     FeatureSpec,
     extract_features,
@@ -33,6 +33,7 @@ from tlpipe.features import (
     plan_views,
     save_plan,
     shard_of,
+    spec_on,
 )
 from tlpipe.fsio import write_json
 from tlpipe.head import class_order
@@ -52,12 +53,8 @@ def extraction_device(params: Params) -> torch.device:
 
 
 def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
-    return FeatureSpec(
-        weights_digest=backbone.weights_digest, preprocessing=backbone.preprocessing.to_dict(),
-        augment=params.augment.model_dump(mode="json"),
-        engine=engine_identity(params.features, extraction_device(params)),
-        seed=params.seed,
-    )
+    """The spec of the vectors this stage makes: on the extraction device."""
+    return spec_on(params, backbone, extraction_device(params))
 
 
 def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureStore, dict]:
@@ -144,9 +141,13 @@ def fill_shard(params: Params, project: Path, index: int) -> dict:
     return {"shard": index, **_fill(params, project, part, backbone, store)}
 
 
-def compute(params: Params, project: Path) -> dict:
+def compute(params: Params, project: Path, plain_only: bool = False) -> dict:
+    """Fill the store and write the plan; ``plain_only`` (an audit alone) skips the augmented
+    views, which only training uses."""
     out = outputs_for(params, project)
     plan, backbone, store, choice = _plan(params, project)
+    if plain_only:
+        plan = plan[plan["view"] == PLAIN_VIEW]
     stats = _fill(params, project, plan, backbone, store)
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)

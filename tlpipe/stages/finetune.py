@@ -28,6 +28,7 @@ from tlpipe.head import HeadSpec, build_head, class_order
 from tlpipe.manifest import load_manifest, manifest_fingerprint
 from tlpipe.model_io import Classifier, ModelSpec, save_classifier
 from tlpipe.paths import Outputs, data_root, outputs_for, resolve
+from tlpipe.quarantine import without_quarantined
 from tlpipe.torchrun import DistributedError, Rank, launch
 from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 
@@ -57,6 +58,7 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     out = outputs_for(params, project)
     validated = load_manifest(out.validated)
     classes = class_order(validated["label"])
+    validated = without_quarantined(validated, out.quarantine)
     chosen = json.loads(out.head_spec.read_text())
     head_spec = HeadSpec(**chosen["spec"])
     head = build_head(head_spec)

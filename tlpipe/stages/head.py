@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
@@ -20,6 +21,7 @@ from tlpipe.fsio import file_sha256, write_atomic, write_json
 from tlpipe.head import class_order
 from tlpipe.ladder import Features, fit, score, select
 from tlpipe.paths import feature_store, outputs_for
+from tlpipe.quarantine import without_quarantined
 from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
 
 STAGE = __name__.rpartition(".")[2]
@@ -29,6 +31,7 @@ def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
     plan = pd.read_parquet(out.plan)
     classes = class_order(plan["label"])
+    plan = without_quarantined(plan, out.quarantine)
     store = feature_store(params, project)
     train, val = (Features.from_plan(plan, store, split, classes) for split in ("train", "val"))
     if len(val) == 0:
@@ -42,6 +45,8 @@ def compute(params: Params, project: Path) -> dict:
     write_atomic(out.head_weights, lambda path: save_file(state, str(path)))
     write_json(out.head_spec, {"spec": spec.to_dict(), "candidate": chosen.name,
                                "settings": chosen.settings, "classes": classes,
+                               "images": {"train": len(np.unique(train.groups)),
+                                          "val": len(np.unique(val.groups))},
                                f"val_{params.head.selection_metric}": val_score})
     # Timings go to MLflow and the console only: this file is compared across rebuilds.
     write_json(out.leaderboard, [{k: v for k, v in row.to_dict().items() if k != "seconds"}
