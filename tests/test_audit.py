@@ -157,3 +157,22 @@ def test_near_copies_are_sorted_into_leaks_conflicts_and_harmless_duplicates():
                      (8, "conflict")}
     assert result.duplicates_within_class == 1
     assert set(result.quarantined["path"]) == {"0.jpg", "1.jpg", "2.jpg"}  # the less held-out
+
+
+def test_the_approximate_index_finds_what_exact_search_finds():
+    """Past ``exact_max`` the IVF index answers; on clustered vectors with planted copies it
+    finds each copy and nearly every true nearest neighbour, and never returns a row itself."""
+    from tlpipe.neighbours import nearest
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    vectors = (centres[rng.integers(0, 20, 3000)] + rng.normal(0, 0.5, (3000, 32))).astype(
+        np.float32)
+    vectors[2900:] = vectors[:100] + rng.normal(0, 0.01, (100, 32)).astype(np.float32)
+    exact_similarities, exact = nearest(vectors, 3, exact_max=10_000)
+    similarities, approximate = nearest(vectors, 3, exact_max=1000)
+    assert approximate.shape == (3000, 3)
+    assert not (approximate == np.arange(3000)[:, None]).any()
+    assert (approximate[:, 0] == exact[:, 0]).mean() >= 0.95
+    assert (approximate[:100, 0] == np.arange(2900, 3000)).all()
+    assert np.allclose(similarities[:100, 0], exact_similarities[:100, 0], atol=1e-5)

@@ -2,8 +2,11 @@
 
 Exact search compares every pair (a matrix product per block, FAISS's flat index): right up to
 tens of thousands of vectors. Beyond ``exact_max`` an inverted-file index (IVF) clusters the
-vectors and compares each one with the members of its ``probes`` nearest clusters only, which
-keeps 100k vectors to seconds; bench/audit.py measures both and what the index misses.
+vectors into 2 sqrt(n) lists and compares each one with the members of its ``PROBES`` nearest
+lists only, about 1.3% of the data at 100k; bench/audit.py measures both and what the index
+misses. Fewer, larger lists scan the same share as more, smaller ones, and their k-means costs
+far less: at 100k, 632 lists with 8 probes took 17 s where 1264 with 16 took 30 s, both finding
+every true nearest neighbour of 5000 sampled queries.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import faiss
 import numpy as np
 
-PROBES = 16
+PROBES = 8
 TRAINING_PER_LIST = 64  # faiss warns below 39 training vectors per cluster
 
 
@@ -36,7 +39,7 @@ def nearest(vectors: np.ndarray, k: int, exact_max: int, seed: int = 0
     if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
     else:
-        lists = int(4 * math.sqrt(n))
+        lists = int(2 * math.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists,
                                    faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(n, min(n, lists * TRAINING_PER_LIST),
