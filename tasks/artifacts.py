@@ -18,6 +18,7 @@ import httpx
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
+from tlpipe.audit import describe
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.paths import outputs_for
 from tlpipe.promotion import PROMOTING_VERDICTS
@@ -56,11 +57,8 @@ def publish_audit(params: Params, project: Path, shown: int = 100) -> None:
         return
     summary = json.loads(out.audit_summary.read_text())
     findings = json.loads(out.audit_findings.read_text())
-    failed = f", FAILED on {', '.join(summary['failed'])}" if summary["failed"] else ""
     _publish(create_table_artifact, artifact_key(params.registry.model_name, "audit"),
-             f"Audit of {summary['images']} images: {summary['label_issues']} label issue(s), "
-             f"{summary['leaks']} leak(s), {summary['conflicts']} conflict(s), "
-             f"{summary['outliers']} outlier(s), {summary['quarantined']} quarantined{failed}",
+             f"Audit of {summary['images']} images: {describe(summary)}",
              table=[{key: row[key] for key in ("path", "split", "label", "finding", "score",
                                                "suggested", "neighbour", "verdict")}
                     for row in findings[:shown]])

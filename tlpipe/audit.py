@@ -73,6 +73,14 @@ class AuditResult:
                 "notes": self.notes}
 
 
+def describe(summary: dict) -> str:
+    """A summary's counts in one line, as the console, the CLI and Prefect show them."""
+    failed = f"; FAILED on {', '.join(summary['failed'])}" if summary["failed"] else ""
+    return (f"{summary['label_issues']} label issue(s), {summary['leaks']} leak(s) across "
+            f"splits, {summary['conflicts']} conflict(s), {summary['outliers']} outlier(s); "
+            f"{summary['quarantined']} quarantined{failed}")
+
+
 class AuditFailed(TlpipeError):
     """A finding whose verdict is ``fail``: the pipeline stops before any training."""
 

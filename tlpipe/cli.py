@@ -210,9 +210,9 @@ def validate(
 
 
 def _audit_line(result: dict) -> str:
-    return (f"Audit: {result['label_issues']} label issue(s), {result['leaks']} leak(s) across "
-            f"splits, {result['conflicts']} conflict(s), {result['outliers']} outlier(s); "
-            f"{result['quarantined']} quarantined. Report: {result['report']}")
+    from tlpipe.audit import describe
+
+    return f"Audit: {describe(result)}. Report: {result['report']}"
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from tlpipe.audit import AuditFailed, audit_embeddings
+from tlpipe.audit import AuditFailed, audit_embeddings, describe
 from tlpipe.audit_report import plot_map, write_html_report
 from tlpipe.config import Params
 from tlpipe.feature_store import PLAIN_VIEW
@@ -69,7 +69,5 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         # What this model is trained on, and how its vectors were made: drift's reference.
         for reference in (out.audited_images, out.preprocessing):
             mlflow.MlflowClient().log_artifact(context.parent_run_id, str(reference), "audit")
-        print(f"audit: {result['label_issues']} label issue(s), {result['leaks']} leak(s), "
-              f"{result['conflicts']} conflict(s), {result['outliers']} outlier(s), "
-              f"{result['quarantined']} quarantined; report: {result['report']}")
+        print(f"audit: {describe(result)}; report: {result['report']}")
         return result
