@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tlpipe.config import parse_params
@@ -79,6 +80,47 @@ def test_compaction_merges_the_small_chunks_of_many_small_runs(tmp_path):
     assert store.compact() == 0  # one chunk: nothing to merge
 
 
+class CompactedMidway(FeatureStore):
+    """A store whose compaction is overtaken: between its listing of the small chunks and its
+    reading of them, another process (a concurrent shard) compacts the same folder."""
+
+    def _read(self, keys, index):
+        FeatureStore(self.location, self.chunk_vectors).compact()
+        return super()._read(keys, index)
+
+
+class ListedJustBeforeACompaction(FeatureStore):
+    """A store whose first listing goes stale at once: another process compacts the folder
+    before any chunk in that listing is read (a shard looking for missing views, say)."""
+
+    overtaken = False
+
+    def chunks(self):
+        listing = super().chunks()
+        if not self.overtaken:
+            self.overtaken = True
+            FeatureStore(self.location, self.chunk_vectors).compact()
+        return listing
+
+
+def test_a_listing_made_stale_by_a_compaction_is_made_again(tmp_path):
+    write(FeatureStore(str(tmp_path), chunk_vectors=100), range(0, 20))
+    write(FeatureStore(str(tmp_path), chunk_vectors=100), range(20, 40))
+    store = ListedJustBeforeACompaction(str(tmp_path), chunk_vectors=100)
+    assert store.keys() == {key_of(i) for i in range(40)}  # what extraction asks first
+    assert store.overtaken and len(store.chunks()) == 1
+
+
+def test_a_compaction_overtaken_by_another_leaves_the_merge_to_it(tmp_path):
+    store = CompactedMidway(str(tmp_path), chunk_vectors=100)
+    for start in range(0, 40, 10):
+        write(store, range(start, start + 10))
+    assert store.compact() == 0  # the other one merged the four chunks; nothing fails
+    assert len(store.chunks()) == 1 and len(store) == 40
+    assert np.array_equal(FeatureStore(str(tmp_path)).read([key_of(i) for i in range(40)]),
+                          np.stack([vector_of(i) for i in range(40)]))
+
+
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
@@ -86,8 +128,8 @@ WRITER = textwrap.dedent("""
     from tests.test_feature_store import key_of, vector_of, write
     from tlpipe.feature_store import FeatureStore
 
-    location, first, count, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    if pause == "pause":  # stop inside the chunk write, after its bytes, before the rename
+    location, first, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if mode == "pause":  # stop inside the chunk write, after its bytes, before the rename
         original = pq.write_table
         def slow_write(*args, **kwargs):
             original(*args, **kwargs)
@@ -95,20 +137,26 @@ WRITER = textwrap.dedent("""
             time.sleep(600)
         pq.write_table = slow_write
     store = FeatureStore(location, chunk_vectors=50)
-    for start in range(first, first + count, 50):
-        write(store, range(start, start + 50))
+    if mode == "compact":  # small runs, each compacting the folder the others write to
+        for start in range(first, first + count, 10):
+            write(store, range(start, start + 10))
+            store.compact()
+            assert store.keys() >= {key_of(i) for i in range(first, start + 10)}
+    else:
+        for start in range(first, first + count, 50):
+            write(store, range(start, start + 50))
 """)
 
 
-def writer_process(location, first: int, count: int, pause: bool = False) -> subprocess.Popen:
+def writer_process(location, first: int, count: int, mode: str = "-") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WRITER, str(location), str(first), str(count),
-                             "pause" if pause else "-"], stdout=subprocess.PIPE, text=True)
+                             mode], stdout=subprocess.PIPE, text=True)
 
 
 def test_a_writer_killed_mid_chunk_leaves_no_chunk_a_reader_sees(tmp_path):
     store = FeatureStore(str(tmp_path), chunk_vectors=50)
     write(store, range(50))
-    process = writer_process(tmp_path, 1000, 50, pause=True)
+    process = writer_process(tmp_path, 1000, 50, mode="pause")
     assert process.stdout.readline() == "writing\n"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -136,3 +184,17 @@ def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
     assert np.array_equal(reader.read([key_of(i) for i in range(1000)]),
                           np.stack([vector_of(i) for i in range(1000)]))
     assert not [p for p in (tmp_path / "chunks").iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
+
+
+def test_processes_compacting_the_folder_they_all_write_to_lose_nothing(tmp_path):
+    # Shards on a cluster: each adds small runs and compacts after every one.
+    processes = [writer_process(tmp_path, 200 * n, 200, mode="compact") for n in range(4)]
+    for process in processes:
+        process.wait(timeout=120)
+    assert [process.returncode for process in processes] == [0, 0, 0, 0]
+    store = FeatureStore(str(tmp_path))
+    assert np.array_equal(store.read([key_of(i) for i in range(800)]),
+                          np.stack([vector_of(i) for i in range(800)]))
+    store.compact()
+    sizes = [pq.read_metadata(chunk).num_rows for chunk in store.chunks()]
+    assert sum(size < 25 for size in sizes) <= 1, sizes  # the runs of ten were merged

@@ -11,7 +11,8 @@ a temporary name and renamed (an object store shows an object only once it is wh
 writers on any number of processes or hosts never touch each other's files, and a killed
 writer leaves at most a temporary file that no reader lists. The same key in two chunks (two
 writers computed the same view) holds the same vector; the first chunk by name wins.
-Compaction merges small chunks into full ones, writing the new chunk before deleting the old.
+Compaction merges small chunks into full ones, writing the new chunk before deleting the old;
+of two compactions at once, one merges and the other, finding a chunk gone, leaves it at that.
 
 The location is a folder or any fsspec URL (``s3://bucket/features``, ``gs://...``): a cluster
 shares one store.
@@ -38,6 +39,9 @@ TEMPORARY_SUFFIX = ".tmp"
 PLAIN_VIEW = 0
 # A temporary file this old belongs to a writer that died; a live writer renames it in seconds.
 STALE_TEMPORARY_S = 24 * 3600
+# A listing goes stale when a compaction elsewhere removes a chunk; listing again finds the
+# merged chunk, which is written before the old ones go.
+RELIST_ATTEMPTS = 3
 
 
 class FeatureStore:
@@ -62,7 +66,16 @@ class FeatureStore:
 
     def index(self, names: list[str] | None = None) -> dict[str, tuple[str, int]]:
         """Each key's chunk and row, over ``names`` (default: every chunk)."""
-        names = self.chunks() if names is None else names
+        if names is not None:
+            return self._index_of(names)
+        for _ in range(RELIST_ATTEMPTS - 1):
+            try:
+                return self._index_of(self.chunks())
+            except FileNotFoundError:  # compacted since listed: the merged chunk is listed now
+                continue
+        return self._index_of(self.chunks())
+
+    def _index_of(self, names: list[str]) -> dict[str, tuple[str, int]]:
         unread = [name for name in names if name not in self._keys_of]
         with ThreadPoolExecutor(max_workers=8) as pool:
             for name, keys in zip(unread, pool.map(self._read_keys, unread), strict=True):
@@ -149,14 +162,19 @@ class FeatureStore:
         delete writers' stale temporary files. Returns the number of files removed."""
         self._remove_stale_temporaries()
         names = self.chunks()
-        index = self.index(names)
-        small = [name for name in names if len(self._keys_of[name]) < self.chunk_vectors // 2]
-        if len(small) < 2:
+        try:
+            index = self.index(names)
+            small = [name for name in names
+                     if len(self._keys_of[name]) < self.chunk_vectors // 2]
+            if len(small) < 2:
+                return 0
+            keys = [key for name in small for key in self._keys_of[name]
+                    if index[key][0] == name]  # each key once, from the chunk that serves it
+            vectors = self._read(keys, index)
+        except FileNotFoundError:  # another process (a concurrent shard) merged them first
             return 0
-        keys = [key for name in small for key in self._keys_of[name]
-                if index[key][0] == name]  # each key once, from the chunk that serves it
         with self.writer() as writer:
-            writer.add(keys, self._read(keys, index))
+            writer.add(keys, vectors)
         for name in small:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(name)
