@@ -26,6 +26,9 @@ SPLITS = ("train", "val", "test")
 FACTS = ["sha256", "bytes", "format", "width", "height", "mode", "decodable", "error",
          "inside_root"]
 STAT = ["path", "size", "mtime_ns", "inode"]
+# How many files a scan read (the rest were known by their stat): a fact of the scan, not of
+# the data, so it is not saved with the manifest.
+FILES_READ = "files_read"
 COLUMNS = [
     "path", "label", "source_split", "sha256", "bytes", "format", "width", "height", "mode",
     "decodable", "error", "inside_root", "split",
@@ -179,7 +182,7 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
         _save_state(state_file, files[STAT], frame)
     # Nothing location-specific is stored: the file must hash the same in every checkout.
     frame.attrs["classes"] = list(layout.classes)
-    frame.attrs["files_read"] = len(unread)
+    frame.attrs[FILES_READ] = len(unread)
     return frame
 
 
@@ -215,7 +218,11 @@ def manifest_fingerprint(frame: pd.DataFrame) -> str:
 
 
 def save_manifest(frame: pd.DataFrame, target: Path) -> Path:
-    return write_atomic(target, lambda path: frame.to_parquet(path, index=False))
+    """The manifest as Parquet, without the scan's own statistics: the same data must give the
+    same bytes (and DVC hash) whether the scan state was warm or cold."""
+    stored = frame.copy(deep=False)
+    stored.attrs = {key: value for key, value in frame.attrs.items() if key != FILES_READ}
+    return write_atomic(target, lambda path: stored.to_parquet(path, index=False))
 
 
 def load_manifest(path: Path) -> pd.DataFrame:

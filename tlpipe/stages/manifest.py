@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 
 from tlpipe.config import Params
-from tlpipe.manifest import build_manifest, manifest_fingerprint, save_manifest
+from tlpipe.manifest import FILES_READ, build_manifest, manifest_fingerprint, save_manifest
 from tlpipe.paths import data_root, outputs_for, resolve
 from tlpipe.tracking import RunContext, flat_params, stage_run
 
@@ -21,7 +21,7 @@ def compute(params: Params, project: Path) -> dict:
                            state_dir=resolve(project, params.data.state_dir))
     save_manifest(frame, out.manifest)
     return {"manifest": str(out.manifest), "fingerprint": manifest_fingerprint(frame),
-            "files": len(frame), "files_read": frame.attrs["files_read"],
+            "files": len(frame), "files_read": frame.attrs[FILES_READ],
             "classes": frame.attrs["classes"]}
 
 
