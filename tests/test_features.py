@@ -7,7 +7,8 @@ import pytest
 from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU
 from tlpipe.engines import engine_identity
-from tlpipe.features import PLAIN_VIEW, FeatureSpec
+from tlpipe.feature_store import PLAIN_VIEW
+from tlpipe.features import FeatureSpec
 from tlpipe.fsio import atomic_path
 
 SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "onnxruntime-fp32", 1)

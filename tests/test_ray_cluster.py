@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import free_port, make_project
 from tlpipe.config import load_params
-from tlpipe.feature_store import FeatureStore
-from tlpipe.features import PLAIN_VIEW, extract_features
+from tlpipe.feature_store import PLAIN_VIEW, FeatureStore
+from tlpipe.features import extract_features
 from tlpipe.paths import data_root, feature_store
 from tlpipe.stages import features, manifest, validate
 

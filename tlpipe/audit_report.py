@@ -23,8 +23,8 @@ from sklearn.decomposition import PCA
 
 from tlpipe.audit import VERDICT_SETTING, AuditResult
 from tlpipe.fsio import write_atomic, write_text
-from tlpipe.images import thumbnail_jpeg
 from tlpipe.neighbours import unit_rows
+from tlpipe.thumbnails import thumbnail_img
 
 MAP_POINTS = 5000  # a random sample beyond this, flagged images always in it
 MARKERS = {"train": "o", "val": "s", "test": "^"}
@@ -95,8 +95,7 @@ def _thumbnail(root: Path, path: str) -> str:
     if not path:
         return '<div class="missing">no neighbour</div>'
     try:
-        data = base64.b64encode(thumbnail_jpeg((root / path).read_bytes())).decode()
-        return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(path)}">'
+        return thumbnail_img(root / path, path)
     except Exception as error:  # changed or gone since the audit: the page is still written
         return f'<div class="missing">cannot show {html.escape(path)}: {error}</div>'
 

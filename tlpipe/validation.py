@@ -9,7 +9,6 @@ became too small.
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 import re
@@ -23,8 +22,8 @@ import pandas as pd
 from tlpipe.config import Params, RuleName, ValidationConfig
 from tlpipe.errors import TlpipeError
 from tlpipe.fsio import write_text
-from tlpipe.images import thumbnail_jpeg
 from tlpipe.manifest import SPLITS, build_manifest
+from tlpipe.thumbnails import thumbnail_img
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -347,8 +346,7 @@ def _picture(root: Path, path: str, broken: list[tuple[RuleOutcome, str]]) -> st
     reason = next((detail for outcome, detail in broken if outcome.rule in _NOT_SHOWN), None)
     if reason is None:
         try:
-            data = base64.b64encode(thumbnail_jpeg((root / path).read_bytes())).decode()
-            return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(path)}">'
+            return thumbnail_img(root / path, path)
         except Exception as error:  # changed or gone since the scan: the page still gets written
             reason = f"cannot show it now: {error}"
     return f'<div class="placeholder">{html.escape(reason)}</div>'

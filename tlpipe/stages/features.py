@@ -23,9 +23,8 @@ from tlpipe import cluster, tags
 from tlpipe.backbones import Backbone, Preprocessing, backbone_for
 from tlpipe.config import Params
 from tlpipe.devices import resolve_device
-from tlpipe.feature_store import FeatureStore
+from tlpipe.feature_store import PLAIN_VIEW, FeatureStore
 from tlpipe.features import (
-    PLAIN_VIEW,
     ExtractionStats,
     FeatureSpec,
     extract_features,
