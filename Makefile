@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
-# dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.dvc_stage`).
+# dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.ops.dvc_stage`).
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 

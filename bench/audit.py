@@ -25,15 +25,16 @@ from cleanlab.filter import find_label_issues
 from common import DEMO
 
 from tests.conftest import make_project
-from tlpipe.audit import (
+from tlpipe.audit.drift import mmd_test
+from tlpipe.audit.findings import (
     audit_embeddings,
     distance_to_classes,
     label_issues,
     out_of_fold_probabilities,
 )
-from tlpipe.config import AuditConfig, load_params
-from tlpipe.drift import mmd_test
-from tlpipe.neighbours import nearest, unit_rows
+from tlpipe.audit.neighbours import nearest, unit_rows
+from tlpipe.config import AuditConfig
+from tlpipe.params_file import load_params
 from tlpipe.paths import feature_store, outputs_for
 from tlpipe.stages import audit, features, manifest, validate
 
@@ -45,11 +46,12 @@ def timed(function, *args, **kwargs):
 
 
 def demo(workdir: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    project = make_project(workdir / "demo", DEMO, {"validation": {"quarantine": ["format"]}})
+    project = make_project(workdir / "demo", DEMO, {"validation": {"quarantine": ["format"]},
+                                                     "features": {"views": 0}})
     params = load_params(project / "params.yaml")
     for stage in (manifest, validate):
         stage.compute(params, project)
-    extracted, _ = timed(features.compute, params, project, plain_only=True)
+    extracted, _ = timed(features.compute, params, project)
     summary, seconds = timed(audit.compute, params, project)
     plan = pd.read_parquet(outputs_for(params, project).plan)
     vectors = feature_store(params, project).read(plan["key"].tolist())

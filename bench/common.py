@@ -9,15 +9,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = (REPO / ".." / "shared" / "datasets" / "hymenoptera_data").resolve()
 sys.path.insert(0, str(REPO))
 
-from tlpipe.runtime import apply_runtime_defaults  # noqa: E402
+from tlpipe.ops.runtime import apply_runtime_defaults  # noqa: E402
 
 apply_runtime_defaults(REPO)
 
 
 def demo_manifest():
     """The demo set's validated manifest, the GIF placeholder quarantined as in params.yaml."""
-    from tlpipe.config import parse_params
-    from tlpipe.validation import check_folder
+    from tlpipe.data.validation import check_folder
+    from tlpipe.params_file import parse_params
 
     params = parse_params({"validation": {"quarantine": ["format"]}})
     if not DEMO.is_dir():

@@ -23,9 +23,10 @@ import torch
 from common import DEMO, demo_manifest
 from PIL import Image, ImageDraw
 
-from tlpipe.backbones import load_backbone
 from tlpipe.devices import CPU
-from tlpipe.engines import (
+from tlpipe.stages.features import feature_spec
+from tlpipe.vectors.backbones import load_backbone
+from tlpipe.vectors.engines import (
     check_fidelity,
     cosine_distances,
     engine_placement,
@@ -33,10 +34,14 @@ from tlpipe.engines import (
     placed,
     torch_forward,
 )
-from tlpipe.feature_store import FeatureStore
-from tlpipe.features import extract_features, plan_views
-from tlpipe.preprocess import ImageFolderRows, eval_decode_side, eval_transform, iterate_batches
-from tlpipe.stages.features import feature_spec
+from tlpipe.vectors.features import extract_features, plan_views
+from tlpipe.vectors.preprocess import (
+    ImageFolderRows,
+    eval_decode_side,
+    eval_transform,
+    iterate_batches,
+)
+from tlpipe.vectors.store import FeatureStore
 
 # (label, settings, device): the torch bf16 CPU engine first, the baseline of every ratio.
 ENGINES = [

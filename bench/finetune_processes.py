@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import DEMO
 
-from tlpipe.config import parse_params
+from tlpipe.params_file import parse_params
 from tlpipe.stages import evaluate, features, finetune, head, manifest, validate
 
 

@@ -18,15 +18,16 @@ import torch
 from common import DEMO, demo_manifest
 from torch.nn import functional
 
-from tlpipe.augment import train_decode_side, train_transform
-from tlpipe.backbones import load_backbone
 from tlpipe.devices import CPU
-from tlpipe.engines import torch_forward
-from tlpipe.feature_store import FeatureStore, load_split
-from tlpipe.features import extract_features, plan_views
-from tlpipe.head import HeadSpec, build_head, train_head
-from tlpipe.preprocess import ImageFolderRows, iterate_batches
 from tlpipe.stages.features import feature_spec
+from tlpipe.training.head_kinds import train_head
+from tlpipe.training.heads import HeadSpec, build_head
+from tlpipe.vectors.augment import train_decode_side, train_transform
+from tlpipe.vectors.backbones import load_backbone
+from tlpipe.vectors.engines import torch_forward
+from tlpipe.vectors.features import extract_features, plan_views
+from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
+from tlpipe.vectors.store import FeatureStore, load_split
 
 
 def classic_loop(backbone, manifest, classes, params, epochs: int) -> tuple[float, float]:

@@ -28,17 +28,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tests.images import write_shapes
-from tlpipe.backbones import backbone_for
-from tlpipe.config import parse_params
+from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
-from tlpipe.feature_store import FeatureStore, load_split
-from tlpipe.features import extract_features, plan_views
-from tlpipe.head import class_order
-from tlpipe.images import load_rgb
-from tlpipe.manifest import load_manifest
+from tlpipe.params_file import parse_params
 from tlpipe.paths import outputs_for
 from tlpipe.stages import audit, evaluate, features, finetune, head, manifest, validate
 from tlpipe.stages.features import feature_spec
+from tlpipe.training.heads import class_order
+from tlpipe.vectors.backbones import backbone_for
+from tlpipe.vectors.features import extract_features, plan_views
+from tlpipe.vectors.images import load_rgb
+from tlpipe.vectors.store import FeatureStore, load_split
 
 
 def digits(root: Path, per_class: int = 40) -> Path:

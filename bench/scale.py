@@ -42,7 +42,7 @@ from common import REPO
 
 CLASSES = ("heron", "otter", "lichen", "quartz", "tram")
 DIM = 1280
-# DVC's stage commands run `python -m tlpipe.dvc_stage`: this interpreter's.
+# DVC's stage commands run `python -m tlpipe.ops.dvc_stage`: this interpreter's.
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -83,8 +83,7 @@ def _child(queue, function, args) -> None:
     if function is not run_command:
         # Imports are not the step's cost: a flow or a scheduler process has them loaded.
         # (Not before a command: a child forked from this process would count its memory.)
-        import tlpipe.ladder
-        import tlpipe.retrain
+        import tlpipe.promotion.retrain
         import tlpipe.stages.features
         import tlpipe.stages.manifest
         import tlpipe.stages.validate  # noqa: F401
@@ -135,7 +134,7 @@ def dvc(project: Path, *arguments: str) -> str:
 # --- the steps (each runs in its own process) -----------------------------------------------
 
 def params_of(project: Path):
-    from tlpipe.config import load_params
+    from tlpipe.params_file import load_params
 
     return load_params(project / "params.yaml")
 
@@ -155,8 +154,8 @@ def validate(project: Path) -> dict:
 
 
 def retrain_check(project: Path) -> dict:
-    from tlpipe.retrain import current_data_version, plan_retrain, registered_state
-    from tlpipe.tracking import configure
+    from tlpipe.ops.tracking import configure
+    from tlpipe.promotion.retrain import current_data_version, plan_retrain, registered_state
 
     params = params_of(project)
     configure(params.tracking, project)
@@ -176,11 +175,11 @@ def _synthetic_vectors(plan, seed: int = 0):
 
 def store_write(project: Path) -> dict:
     """The real plain-view keys of every image, with synthetic vectors."""
-    from tlpipe.backbones import backbone_for
-    from tlpipe.features import plan_views
-    from tlpipe.manifest import load_manifest
+    from tlpipe.data.manifest import load_manifest
     from tlpipe.paths import feature_store, outputs_for
     from tlpipe.stages.features import feature_spec
+    from tlpipe.vectors.backbones import backbone_for
+    from tlpipe.vectors.features import plan_views
 
     params = params_of(project)
     manifest = load_manifest(outputs_for(params, project).validated)
@@ -208,9 +207,10 @@ def train_head(project: Path) -> dict:
     import pandas as pd
 
     from tlpipe.devices import CPU
-    from tlpipe.head import class_order
-    from tlpipe.ladder import Features, fit, score, select
     from tlpipe.paths import feature_store, outputs_for
+    from tlpipe.training.cached import Features
+    from tlpipe.training.heads import class_order
+    from tlpipe.training.ladder import fit, score, select
 
     params = params_of(project)
     plan = pd.read_parquet(outputs_for(params, project).root / "plain_plan.parquet")
@@ -225,12 +225,12 @@ def train_head(project: Path) -> dict:
 
 def extract(project: Path, limit: int | None) -> dict:
     """The real backbone over the plain views the store lacks (onnxruntime, 2 threads)."""
-    from tlpipe.backbones import backbone_for
+    from tlpipe.data.manifest import load_manifest
     from tlpipe.devices import CPU
-    from tlpipe.features import extract_features, plan_views
-    from tlpipe.manifest import load_manifest
     from tlpipe.paths import data_root, feature_store, outputs_for
     from tlpipe.stages.features import feature_spec
+    from tlpipe.vectors.backbones import backbone_for
+    from tlpipe.vectors.features import extract_features, plan_views
 
     params = params_of(project)
     backbone = backbone_for(params.backbone, project)
@@ -249,7 +249,7 @@ def run_command(project: Path, *arguments: str) -> str:
 # --- one size ------------------------------------------------------------------------------
 
 def bench_size(size: int, workdir: Path, extract_at: int, rows: list) -> None:
-    from tlpipe.project import init_project
+    from tlpipe.ops.project import init_project
 
     project = workdir / f"n{size}"
     shutil.rmtree(project, ignore_errors=True)

@@ -9,20 +9,20 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.hooks import cancelled_when_stopped
-from tasks.artifacts import publish_promotion
-from tasks.promotion import (
+from tlpipe import tags
+from tlpipe.config import Params
+from tlpipe.flows.hooks import cancelled_when_stopped
+from tlpipe.ops.tracking import configure, mark_abandoned_runs
+from tlpipe.promotion.decision import Decision, already_decided, decide, decision_key
+from tlpipe.promotion.lock import registry_lock
+from tlpipe.tasks.artifacts import publish_promotion
+from tlpipe.tasks.promotion import (
     current_test_split,
     find_candidates,
     finish_unfinished_decision,
     record_decision,
     score_candidates,
 )
-from tlpipe import tags
-from tlpipe.config import Params
-from tlpipe.promotion import Decision, already_decided, decide, decision_key
-from tlpipe.registry_lock import registry_lock
-from tlpipe.tracking import configure, mark_abandoned_runs
 
 
 @flow(name="tlpipe-promote", log_prints=True, on_crashed=[cancelled_when_stopped])

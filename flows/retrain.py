@@ -19,21 +19,22 @@ from prefect.schedules import Cron, Interval
 from prefect.states import Completed
 from pydantic import ValidationError
 
-from flows.hooks import cancelled_when_stopped
-from flows.promote import promote_flow
-from flows.train import train_flow
-from tasks.retrain import check_drift, current_data_version, notify, registered_state
 from tlpipe import tags
-from tlpipe.config import Params, load_params
-from tlpipe.retrain import (
+from tlpipe.config import Params
+from tlpipe.flows.hooks import cancelled_when_stopped
+from tlpipe.flows.promote import promote_flow
+from tlpipe.flows.train import train_flow
+from tlpipe.ops.processes import stop_tree
+from tlpipe.ops.tracking import configure, finishing, start_parent_run
+from tlpipe.params_file import load_params
+from tlpipe.promotion.retrain import (
     NotifyError,
     Outcome,
     outcome_of_decision,
     plan_by_trigger,
     plan_retrain,
 )
-from tlpipe.stack import stop_tree
-from tlpipe.tracking import configure, finishing, start_parent_run
+from tlpipe.tasks.retrain import check_drift, current_data_version, notify, registered_state
 
 
 @flow(name="tlpipe-retrain", log_prints=True, on_crashed=[cancelled_when_stopped])

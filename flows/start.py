@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from flows.promote import promote_flow
-from flows.retrain import retrain_flow, retrain_schedule, serve_retrain
-from flows.train import train_flow
 from tlpipe.errors import TlpipeError
-from tlpipe.watchdog import stop_with_this_process
+from tlpipe.flows.promote import promote_flow
+from tlpipe.flows.retrain import retrain_flow, retrain_schedule, serve_retrain
+from tlpipe.flows.train import train_flow
+from tlpipe.ops.watchdog import stop_with_this_process
 
 __all__ = ["hide_expected_tracebacks", "promote_flow", "retrain_flow", "retrain_schedule",
            "serve_retrain", "start_temporary_server", "train_flow"]

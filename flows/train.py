@@ -7,16 +7,16 @@ from pathlib import Path
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
-from flows.hooks import cancelled_when_stopped
-from flows.promote import promote_flow
-from tasks import artifacts
-from tasks.registry import check_same_classes
-from tasks.stages import features_shard, stage
 from tlpipe import tags
 from tlpipe.config import Params
-from tlpipe.lineage import lineage_tags
+from tlpipe.flows.hooks import cancelled_when_stopped
+from tlpipe.flows.promote import promote_flow
+from tlpipe.ops.tracking import pipeline_run
 from tlpipe.paths import data_root
-from tlpipe.tracking import pipeline_run
+from tlpipe.registry.lineage import lineage_tags
+from tlpipe.tasks import artifacts
+from tlpipe.tasks.registry import check_same_classes
+from tlpipe.tasks.stages import features_shard, stage
 
 
 @flow(name="tlpipe-train", log_prints=True, on_crashed=[cancelled_when_stopped])

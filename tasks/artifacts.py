@@ -18,10 +18,10 @@ import httpx
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from tlpipe.audit import describe
+from tlpipe.audit.findings import describe
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.paths import outputs_for
-from tlpipe.promotion import PROMOTING_VERDICTS
+from tlpipe.promotion.decision import PROMOTING_VERDICTS
 
 
 def artifact_key(model_name: str, kind: str) -> str:

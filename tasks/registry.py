@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.common import IO_RETRIES, step_task
-from tlpipe import model_versions
+from tlpipe.registry import versions
+from tlpipe.tasks.common import IO_RETRIES, step_task
 
 # Before any feature is computed: data with other classes never joins this model.
-check_same_classes = step_task(model_versions.check_same_classes, **IO_RETRIES)
+check_same_classes = step_task(versions.check_same_classes, **IO_RETRIES)

@@ -1,9 +1,9 @@
-"""Prefect tasks of the retrain flow: each wraps one function of ``tlpipe.retrain``."""
+"""Prefect tasks of the retrain flow: each wraps one function of ``tlpipe.promotion.retrain``."""
 
 from __future__ import annotations
 
-from tasks.common import IO_RETRIES, step_task
-from tlpipe import retrain
+from tlpipe.promotion import retrain
+from tlpipe.tasks.common import IO_RETRIES, step_task
 
 current_data_version = step_task(retrain.current_data_version, **IO_RETRIES)
 registered_state = step_task(retrain.registered_state, **IO_RETRIES)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tasks.common import IO_RETRIES, step_task
 from tlpipe.pipeline import STAGES
 from tlpipe.stages import features
+from tlpipe.tasks.common import IO_RETRIES, step_task
 
 stage = SimpleNamespace(**{
     entry.name: step_task(entry.module.run, entry.name,

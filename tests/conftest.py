@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlpipe.runtime import apply_runtime_defaults
+from tlpipe.ops.runtime import apply_runtime_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = (REPO / ".." / "shared" / "datasets" / "hymenoptera_data").resolve()
@@ -76,7 +76,7 @@ SMALL_PARAMS = {
 
 def make_project(directory: Path, data: Path, extra: dict | None = None) -> Path:
     """A git repository holding a params.yaml that points at ``data``."""
-    from tlpipe.config import deep_merge
+    from tlpipe.params_file import deep_merge
 
     directory.mkdir(parents=True, exist_ok=True)
     params = deep_merge(SMALL_PARAMS, {"data": {"root": str(data)}})

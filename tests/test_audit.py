@@ -21,10 +21,10 @@ from PIL import Image
 
 from tests.conftest import copy_slice, make_project
 from tests.images import shape, stable_seed
-from tlpipe.audit import AuditFailed
-from tlpipe.config import load_params
+from tlpipe.audit.findings import AuditFailed
+from tlpipe.data.quarantine import without_quarantined
+from tlpipe.params_file import load_params
 from tlpipe.paths import outputs_for
-from tlpipe.quarantine import without_quarantined
 from tlpipe.stages import audit, features, head, manifest, validate
 
 LEAK = "train/bees/copy_of_a_test_bee.jpg"
@@ -57,11 +57,12 @@ def planted(tmp_path_factory, demo_root):
         picture.save(root / path)
     project = make_project(base / "project", root, {
         "validation": {"allowed_formats": ["JPEG", "PNG", "GIF"], "quarantine": []},
+        "features": {"views": 0},  # the audit reads plain views only
         "head": {"candidates": ["logistic"], "logistic_c": [0.1], "train_views": ["plain"]}})
     params = load_params(project / "params.yaml")
     for stage in (manifest, validate):
         stage.compute(params, project)
-    features.compute(params, project, plain_only=True)
+    features.compute(params, project)
     summary = audit.compute(params, project)
     out = outputs_for(params, project)
     found = pd.DataFrame(json.loads(out.audit_findings.read_text()))
@@ -135,7 +136,7 @@ def test_a_fail_verdict_stops_before_training_and_names_the_image(planted):
 
 def test_near_copies_are_sorted_into_leaks_conflicts_and_harmless_duplicates():
     """On made-up vectors: each kind of near-copy pair, and a pair that is two kinds at once."""
-    from tlpipe.audit import audit_embeddings
+    from tlpipe.audit.findings import audit_embeddings
     from tlpipe.config import AuditConfig
 
     rng = np.random.default_rng(0)
@@ -162,7 +163,7 @@ def test_near_copies_are_sorted_into_leaks_conflicts_and_harmless_duplicates():
 def test_the_approximate_index_finds_what_exact_search_finds():
     """Past ``exact_max`` the IVF index answers; on clustered vectors with planted copies it
     finds each copy and nearly every true nearest neighbour, and never returns a row itself."""
-    from tlpipe.neighbours import nearest
+    from tlpipe.audit.neighbours import nearest
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32))

@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from tlpipe.backbones import BackboneError, load_backbone
+from tlpipe.vectors.backbones import BackboneError, load_backbone
 
 
 def test_default_backbone_has_real_imagenet_weights():

@@ -4,8 +4,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tlpipe.cli import app
-from tlpipe.config import ConfigError, Params, load_params
+from tlpipe.cli.main import app
+from tlpipe.config import Params
+from tlpipe.params_file import ConfigError, load_params
 
 REPO_PARAMS = "params.yaml"
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tests.images import write_class_folder
-from tlpipe import data_version
-from tlpipe.data_version import folder_stat, pointer_md5, record_data_version
+from tlpipe.data import version as data_version
+from tlpipe.data.version import folder_stat, pointer_md5, record_data_version
 
 
 @pytest.fixture

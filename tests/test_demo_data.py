@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tlpipe.demo_data import DEMO_FILES, DemoDataError, fetch_demo_data, tree_digest
+from tlpipe.data.demo import DEMO_FILES, DemoDataError, fetch_demo_data, tree_digest
 
 
 def test_local_copy_is_verified_and_installed_whole(demo_root, tmp_path):

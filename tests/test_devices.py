@@ -14,14 +14,21 @@ import pytest
 import torch
 
 from tests.conftest import DEMO
-from tlpipe.backbones import load_backbone
-from tlpipe.config import ConfigError, FeaturesConfig, parse_params
+from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU, resolve_device
-from tlpipe.engines import cosine_distances, engine_identity, engine_name, feature_engine, placed
 from tlpipe.errors import SettingsError
+from tlpipe.params_file import ConfigError, parse_params
 from tlpipe.paths import outputs_for
-from tlpipe.preprocess import ImageFolderRows, iterate_batches
-from tlpipe.torchrun import backend_for
+from tlpipe.training.distributed import backend_for
+from tlpipe.vectors.backbones import load_backbone
+from tlpipe.vectors.engines import (
+    cosine_distances,
+    engine_identity,
+    engine_name,
+    feature_engine,
+    placed,
+)
+from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
 
 CUDA = torch.device("cuda")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")

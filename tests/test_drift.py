@@ -14,10 +14,11 @@ from PIL import Image
 
 from tests.images import shape, stable_seed
 from tests.test_retrain import Webhook, dvc_project
-from tlpipe import tracking
-from tlpipe.config import RetrainConfig, load_params
-from tlpipe.drift import Drift, mmd_test
-from tlpipe.retrain import RetrainPlan, plan_by_trigger
+from tlpipe.audit.drift import Drift, mmd_test
+from tlpipe.config import RetrainConfig
+from tlpipe.ops import tracking
+from tlpipe.params_file import load_params
+from tlpipe.promotion.retrain import RetrainPlan, plan_by_trigger
 
 
 def test_the_kernel_test_tells_same_from_shifted():
@@ -47,7 +48,7 @@ def test_the_trigger_decides_only_for_changed_data():
 
 def test_retrain_on_drift_skips_near_copies_and_retrains_on_another_kind(
         tmp_path, prefect_harness):
-    from flows.retrain import retrain_flow
+    from tlpipe.flows.retrain import retrain_flow
 
     hook = Webhook()
     project = dvc_project(tmp_path / "project", {"train": 16, "val": 8}, {

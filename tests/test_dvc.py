@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SMALL_PARAMS, copy_slice
-from tlpipe.config import deep_merge
+from tlpipe.params_file import deep_merge
 
 BIN = str(Path(sys.executable).parent)
 # Children get the user's environment: this venv first, no MLflow URI exported by other tests.
@@ -118,7 +118,7 @@ def edit_function(path: Path, signature: str) -> str:
 
 @pytest.mark.parametrize(("module", "signature", "expected"), [
     # Fine-tuning validates and the preview's first column shows the evaluation preprocessing.
-    ("tlpipe/preprocess.py", "def eval_transform", {"augment", "features", "finetune",
+    ("tlpipe/vectors/preprocess.py", "def eval_transform", {"augment", "features", "finetune",
                                                     "evaluate"}),
     ("tlpipe/stages/head.py", "def compute", {"head"}),
 ])
@@ -177,14 +177,14 @@ def test_reproduce_rebuilds_a_registered_model_and_reports_a_match(repos, first_
     # The flow must fine-tune by itself (not reuse the repro's checkpoint), in one process
     # where all steps share the backbone: its metrics must still equal a repro's exactly.
     shutil.rmtree(origin / ".cache" / "checkpoints")
-    output = sh(sys.executable, "-m", "tlpipe.cli", "run", cwd=origin)
+    output = sh(sys.executable, "-m", "tlpipe.cli.main", "run", cwd=origin)
     assert "<- chosen" in output and "Fine-tuning " in output  # the leaderboard, the verdict
     assert sh("git", "status", "--porcelain", "outputs", cwd=origin) == ""
-    lineage = sh(sys.executable, "-m", "tlpipe.cli", "lineage", "models:/dvc-test@challenger",
+    lineage = sh(sys.executable, "-m", "tlpipe.cli.main", "lineage", "models:/dvc-test@challenger",
                  cwd=origin)
     head = sh("git", "rev-parse", "HEAD", cwd=origin).strip()
     assert f"git_commit:            {head}" in lineage
     assert "git_dirty:             false" in lineage
-    output = sh(sys.executable, "-m", "tlpipe.cli", "reproduce", "models:/dvc-test@challenger",
+    output = sh(sys.executable, "-m", "tlpipe.cli.main", "reproduce", "models:/dvc-test@challenger",
                 cwd=origin)
     assert "MATCH: models:/dvc-test@challenger" in output

@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DEMO
-from tlpipe.backbones import load_backbone
-from tlpipe.config import FeaturesConfig, parse_params
+from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU
-from tlpipe.engines import EngineRefused, cosine_distances, feature_engine, torch_forward
-from tlpipe.feature_store import FeatureStore
-from tlpipe.features import extract_features, plan_views
-from tlpipe.preprocess import ImageFolderRows, iterate_batches
+from tlpipe.params_file import parse_params
 from tlpipe.stages.features import feature_spec
+from tlpipe.vectors.backbones import load_backbone
+from tlpipe.vectors.engines import EngineRefused, cosine_distances, feature_engine, torch_forward
+from tlpipe.vectors.features import extract_features, plan_views
+from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
+from tlpipe.vectors.store import FeatureStore
 
 
 @pytest.fixture(scope="module")

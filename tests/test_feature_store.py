@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tlpipe.config import parse_params
 from tlpipe.errors import SettingsError
-from tlpipe.feature_store import TEMPORARY_SUFFIX, FeatureStore
+from tlpipe.params_file import parse_params
 from tlpipe.paths import feature_store
+from tlpipe.vectors.store import TEMPORARY_SUFFIX, FeatureStore
 
 DIM = 16
 
@@ -126,7 +126,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     import pyarrow.parquet as pq
     from tests.test_feature_store import key_of, vector_of, write
-    from tlpipe.feature_store import FeatureStore
+    from tlpipe.vectors.store import FeatureStore
 
     location, first, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     if mode == "pause":  # stop inside the chunk write, after its bytes, before the rename

@@ -6,10 +6,10 @@ import pytest
 
 from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU
-from tlpipe.engines import engine_identity
-from tlpipe.feature_store import PLAIN_VIEW
-from tlpipe.features import FeatureSpec
 from tlpipe.fsio import atomic_path
+from tlpipe.vectors.engines import engine_identity
+from tlpipe.vectors.features import FeatureSpec
+from tlpipe.vectors.store import PLAIN_VIEW
 
 SPEC = FeatureSpec("weights", {"input_size": 224}, {"crop_scale": [0.3, 1]}, "onnxruntime-fp32", 1)
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from tests.conftest import copy_slice
-from tlpipe.backbones import load_backbone
 from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.devices import CPU
-from tlpipe.finetune import FinetuneData, finetune, parameter_groups
-from tlpipe.head import HeadSpec, build_head
-from tlpipe.model_io import Classifier
+from tlpipe.training.finetune import FinetuneData, finetune, parameter_groups
+from tlpipe.training.heads import HeadSpec, build_head
+from tlpipe.training.model import Classifier
+from tlpipe.vectors.backbones import load_backbone
 
 CONFIG = FinetuneConfig(epochs=2, batch_size=4, unfreeze_blocks=2, patience=5)
 

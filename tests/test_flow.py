@@ -17,19 +17,19 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
 
-from flows.promote import promote_flow
-from flows.train import train_flow
 from tests.conftest import copy_slice, make_project
-from tlpipe import tracking
-from tlpipe.audit import AuditFailed
-from tlpipe.backbones import BackboneError, backbone_for
-from tlpipe.cli import app
-from tlpipe.config import load_params
-from tlpipe.model_io import load_classifier
+from tlpipe.audit.findings import AuditFailed
+from tlpipe.cli.main import app
+from tlpipe.data.validation import ValidationFailed
+from tlpipe.flows.promote import promote_flow
+from tlpipe.flows.train import train_flow
+from tlpipe.ops import tracking
+from tlpipe.params_file import load_params
 from tlpipe.pipeline import STAGES
-from tlpipe.serving import IMAGE_COLUMN
+from tlpipe.serving.pyfunc import IMAGE_COLUMN
 from tlpipe.stages import evaluate, finetune
-from tlpipe.validation import ValidationFailed
+from tlpipe.training.model import load_classifier
+from tlpipe.vectors.backbones import BackboneError, backbone_for
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tlpipe.config import PromotionConfig
-from tlpipe.gate import Scores, apply_gate, mcnemar_exact_p
+from tlpipe.promotion.gate import Scores, apply_gate, mcnemar_exact_p
 
 RULE = PromotionConfig(floor=0.8, min_improvement=0.0, max_recall_drop=0.05, significance=0.05)
 

@@ -9,10 +9,11 @@ import pytest
 from mlflow.utils.validation import _validate_metric_name
 
 from tests.images import write_class_folder
-from tlpipe.config import ConfigError, DataConfig, SplitConfig, ValidationConfig, parse_params
-from tlpipe.manifest import build_manifest
+from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
+from tlpipe.data.manifest import build_manifest
+from tlpipe.data.validation import validate_manifest
 from tlpipe.metrics import flat_metrics
-from tlpipe.validation import validate_manifest
+from tlpipe.params_file import ConfigError, parse_params
 
 
 @pytest.mark.parametrize(("raw", "key", "why"), [

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from tests.images import decompression_bomb, odd_but_valid, truncated_jpeg
-from tlpipe.images import inspect_image, load_rgb
+from tlpipe.vectors.images import inspect_image, load_rgb
 
 
 def test_every_odd_mode_becomes_8bit_rgb(tmp_path):
@@ -56,7 +56,7 @@ def test_large_jpegs_decode_at_reduced_size_the_same_way_in_training_and_serving
     """A 2400x1800 JPEG asked for a shorter side of 256 decodes at 1/4 scale (600x450), not
     below; EXIF rotation still applies; a PNG is never reduced; the served model's decoding
     of the same bytes gives the same pixels."""
-    from tlpipe.serving import as_image
+    from tlpipe.serving.pyfunc import as_image
 
     gradient = np.linspace(0, 255, 2400, dtype=np.uint8)
     photo = Image.fromarray(np.stack([np.tile(gradient, (1800, 1))] * 3, axis=2))

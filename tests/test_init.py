@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, cli_env
 from tests.images import write_shapes
-from tlpipe.project import COPY_LIMIT_BYTES, init_project
+from tlpipe.ops.project import COPY_LIMIT_BYTES, init_project
 
 TLPIPE = str(Path(sys.executable).parent / "tlpipe")
 CLASSES = {"disc": "red disc", "square": "blue square", "stripes": "striped tile"}
@@ -183,7 +183,7 @@ def test_the_wheel_carries_what_init_writes_and_the_flows(tmp_path):
                    check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("tlpipe-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    from tlpipe.project import TEMPLATE_FILES
+    from tlpipe.ops.project import TEMPLATE_FILES
 
     assert {f"tlpipe/templates/{name}.tmpl" for name in TEMPLATE_FILES} <= names
-    assert {"tlpipe/dvc_stage.py", "flows/retrain.py", "tasks/stages.py"} <= names
+    assert {"tlpipe/ops/dvc_stage.py", "flows/retrain.py", "tasks/stages.py"} <= names

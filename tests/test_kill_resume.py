@@ -12,12 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env, copy_slice, make_project
-from tlpipe import tracking
-from tlpipe.config import load_params
+from tlpipe.ops import tracking
+from tlpipe.params_file import load_params
 
 
 def _tlpipe(project: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run"], cwd=project,
+    return subprocess.Popen([sys.executable, "-m", "tlpipe.cli.main", "run"], cwd=project,
                             env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from tlpipe.config import HeadConfig
-from tlpipe.ladder import Features, _sample_images, select
+from tlpipe.training.cached import Features
+from tlpipe.training.ladder import _sample_images, select
 
 
 def features(counts: list[int], views: int = 2, seed: int = 0) -> Features:

@@ -1,4 +1,5 @@
-"""The house rules: one module per stage, dvc.yaml deps that are true, no import circles.
+"""The house rules: one module per stage, dvc.yaml deps that are true, no import circles, wings
+of a walkable size, a feature-key digest that is exactly the vectors wing.
 
 ``dvc.yaml`` lists each stage's own module and every project module it imports, directly or
 not (found by grimp, which reads the import statements, those inside functions included), so
@@ -18,12 +19,14 @@ import yaml
 from tests.conftest import REPO
 from tlpipe.pipeline import DVC_STAGES, STAGES
 
-PACKAGES = ("tlpipe", "tasks", "flows")
+LIBRARY = REPO / "tlpipe"
+MAX_MODULES_PER_FOLDER = 12
+MAX_LINES_PER_MODULE = 400
 
 
 @cache
 def import_graph() -> grimp.ImportGraph:
-    return grimp.build_graph(*PACKAGES, cache_dir=None)
+    return grimp.build_graph("tlpipe", cache_dir=None)
 
 
 def module_file(module: str) -> str:
@@ -49,7 +52,7 @@ def test_dvc_yaml_declares_the_registered_stages_in_order_with_one_entry_point()
     stages = dvc_stages()
     assert list(stages) == [stage.name for stage in DVC_STAGES]
     for name, stage in stages.items():
-        assert stage["cmd"] == f"python -m tlpipe.dvc_stage {name}"
+        assert stage["cmd"] == f"python -m tlpipe.ops.dvc_stage {name}"
 
 
 @pytest.mark.parametrize("stage", [stage.name for stage in DVC_STAGES])
@@ -66,13 +69,53 @@ def test_every_registered_stage_has_its_module():
         assert callable(stage.module.run)
 
 
+def packages() -> list[Path]:
+    """Every package folder of the library (flows/ and tasks/ through their links)."""
+    return sorted({init.parent for init in LIBRARY.rglob("__init__.py")}
+                  | {LIBRARY / "flows", LIBRARY / "tasks"})
+
+
+def test_flows_and_tasks_are_top_level_folders_linked_into_the_package():
+    for name in ("flows", "tasks"):
+        assert (REPO / name).is_dir() and not (REPO / name).is_symlink()
+        assert (LIBRARY / name).is_symlink() and (LIBRARY / name).resolve() == REPO / name
+
+
 def test_package_initialisers_run_no_code():
     """Importing tlpipe.stages.X runs tlpipe/__init__.py and tlpipe/stages/__init__.py too;
-    they hold only a docstring, so they need not be anyone's dependency."""
-    for package in ("tlpipe", "tlpipe/stages", "tasks", "flows"):
-        body = ast.parse((REPO / package / "__init__.py").read_text()).body
-        assert all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                   for node in body), package
+    they hold only a docstring (each wing's says what it owns), so they need not be anyone's
+    dependency."""
+    for package in packages():
+        body = ast.parse((package / "__init__.py").read_text()).body
+        assert body and all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                            for node in body), package
+
+
+def test_wings_stay_walkable():
+    """No folder holds more than a dozen modules, no module more than 400 lines."""
+    for package in packages():
+        modules = [p for p in package.glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= MAX_MODULES_PER_FOLDER, (package, len(modules))
+        for module in modules:
+            lines = len(module.read_text().splitlines())
+            assert lines <= MAX_LINES_PER_MODULE, f"{module}: {lines} lines"
+
+
+def test_the_feature_key_digest_is_the_vectors_wing_and_nothing_else():
+    """Every file of tlpipe/vectors is in the digest (editing any of them recomputes the
+    vectors once), and the wing imports nothing outside itself but the shared leaves, so no
+    code that decides a vector lives elsewhere (lint-imports holds the same rule)."""
+    from tlpipe.vectors.features import VECTOR_CODE
+
+    assert VECTOR_CODE == LIBRARY / "vectors"
+    shared = {"tlpipe.config", "tlpipe.errors", "tlpipe.fsio", "tlpipe.devices"}
+    graph = import_graph()
+    for module in graph.find_children("tlpipe.vectors"):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported.startswith("tlpipe."):
+                assert imported.startswith("tlpipe.vectors") or imported in shared, (
+                    f"{module} imports {imported}: code that decides a vector belongs in "
+                    "tlpipe/vectors")
 
 
 def test_the_import_graph_has_no_circle():
@@ -96,7 +139,7 @@ def longest_import_chain() -> list[str]:
 
 def test_the_import_graph_is_shallow():
     """Before the stages had one module each, the longest chain of imports was 12 deep
-    (12 imports from tlpipe.cli down to tlpipe.config); keep it below that. It is 11 now:
+    (12 imports from tlpipe.cli.main down to tlpipe.config); keep it below that. It is 11 now:
     10 down to tlpipe.config, which imports the leaf tlpipe.errors."""
     chain = longest_import_chain()
     assert len(chain) - 1 <= 11, " -> ".join(chain)
@@ -106,7 +149,7 @@ def test_the_checkout_is_the_demo_project_that_tlpipe_init_writes():
     """`tlpipe init` writes the files of this checkout from the package's templates: the same
     pipeline without the code deps (an installed tlpipe's code is not in the project), the
     same documented params.yaml with the demo's data, classes and model name."""
-    from tlpipe.project import render_params, template
+    from tlpipe.ops.project import render_params, template
 
     def without_code(pipeline: dict) -> dict:
         for stage in pipeline["stages"].values():

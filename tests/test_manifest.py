@@ -6,7 +6,7 @@ import pytest
 
 from tests.images import write_class_folder
 from tlpipe.config import DataConfig, SplitConfig
-from tlpipe.manifest import DataLayoutError, build_manifest, save_manifest
+from tlpipe.data.manifest import DataLayoutError, build_manifest, save_manifest
 
 DATA, SPLIT = DataConfig(), SplitConfig(test_fraction=0.25, val_fraction=0.25)
 

@@ -22,20 +22,21 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tests.conftest import copy_slice, make_project
-from tlpipe import tags, tracking
-from tlpipe.backbones import load_backbone
-from tlpipe.cli import app
-from tlpipe.config import load_params
-from tlpipe.head import HeadSpec, build_head
-from tlpipe.model_integrity import (
+from tlpipe import tags
+from tlpipe.cli.main import app
+from tlpipe.ops import tracking
+from tlpipe.params_file import load_params
+from tlpipe.registry.integrity import (
     ModelIntegrityError,
     artifact_digests,
     digest_of,
     download_verified,
 )
-from tlpipe.model_io import WEIGHTS_FILE, Classifier, ModelSpec, save_classifier
-from tlpipe.registry import log_and_register
-from tlpipe.serving import IMAGE_COLUMN
+from tlpipe.registry.register import log_and_register
+from tlpipe.serving.pyfunc import IMAGE_COLUMN
+from tlpipe.training.heads import HeadSpec, build_head
+from tlpipe.training.model import WEIGHTS_FILE, Classifier, ModelSpec, save_classifier
+from tlpipe.vectors.backbones import load_backbone
 
 ENTRY = "pyfunc_entry.py"  # the script MLflow runs to load a tlpipe pyfunc (models from code)
 

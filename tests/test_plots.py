@@ -16,10 +16,14 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.images import write_class_folder
-from tlpipe import evaluate
-from tlpipe.augment import preview_row_label, preview_titles, save_augmentation_preview
-from tlpipe.backbones import Preprocessing
 from tlpipe.config import AugmentConfig
+from tlpipe.reports import plots as evaluate
+from tlpipe.reports.augment_preview import (
+    preview_row_label,
+    preview_titles,
+    save_augmentation_preview,
+)
+from tlpipe.vectors.backbones import Preprocessing
 
 TINY = Preprocessing(input_size=32, resize_size=36, interpolation="bilinear",
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

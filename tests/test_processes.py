@@ -28,7 +28,7 @@ def start_run(tmp_path: Path, extra: dict | None = None) -> tuple[subprocess.Pop
         **FINETUNE_FOR_MINUTES, "registry": {"model_name": "stopped"}, **(extra or {})})
     # A session of its own, as a terminal gives a command: Ctrl-C goes to the whole group.
     process = subprocess.Popen(
-        [sys.executable, "-m", "tlpipe.cli", "run"], cwd=project,
+        [sys.executable, "-m", "tlpipe.cli.main", "run"], cwd=project,
         env=cli_env(tmp_path / "prefect-home"), start_new_session=True,
         stdout=(tmp_path / "out.txt").open("w"), stderr=subprocess.STDOUT)
     return process, project

@@ -27,17 +27,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from flows.promote import promote_flow
-from flows.train import train_flow
 from tests.conftest import cli_env, copy_slice, free_port, make_project
-from tlpipe import tags, tracking
-from tlpipe.cli import app
-from tlpipe.config import load_params
-from tlpipe.model_io import load_classifier, save_classifier
-from tlpipe.registry import log_and_register
-from tlpipe.registry_lock import LockTimeout, lock_name, registry_lock
-from tlpipe.serving import IMAGE_COLUMN
-from tlpipe.stack import wait_healthy
+from tlpipe import tags
+from tlpipe.cli.main import app
+from tlpipe.flows.promote import promote_flow
+from tlpipe.flows.train import train_flow
+from tlpipe.ops import tracking
+from tlpipe.ops.processes import wait_healthy
+from tlpipe.params_file import load_params
+from tlpipe.promotion.lock import LockTimeout, lock_name, registry_lock
+from tlpipe.registry.register import log_and_register
+from tlpipe.serving.pyfunc import IMAGE_COLUMN
+from tlpipe.training.model import load_classifier, save_classifier
 
 # One tiny step from a random linear head (no other rung of the ladder): near chance.
 WEAK = {"head": {"candidates": ["linear"], "epochs": 1, "lr": 3e-5}}
@@ -288,7 +289,7 @@ def move_then_die(self, name, alias, version):
     if alias == "champion":
         os.kill(os.getpid(), signal.SIGKILL)
 MlflowClient.set_registered_model_alias = move_then_die
-from tlpipe.cli import app
+from tlpipe.cli.main import app
 app(sys.argv[1:], prog_name="tlpipe")
 """
 
@@ -360,7 +361,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_a_consistent_record(tr
     promote_flow(params, str(trained.project), weak, force_reason="set up a champion")
     first, second = register(trained, name, "strong"), register(trained, name, "strong",
                                                                   bees_bias=0.3)
-    tlpipe = [sys.executable, "-m", "tlpipe.cli", "promote"]
+    tlpipe = [sys.executable, "-m", "tlpipe.cli.main", "promote"]
     processes = [subprocess.Popen([*tlpipe, version, "--params", str(cli_params)],
                                   cwd=trained.project, text=True,
                                   env=harness_env(),
@@ -458,9 +459,9 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, mo
                                                     tmp_path):
     import onnxruntime
 
-    from tlpipe.images import load_rgb
-    from tlpipe.preprocess import eval_transform
-    from tlpipe.promotion import load_version
+    from tlpipe.registry.loader import load_version
+    from tlpipe.vectors.images import load_rgb
+    from tlpipe.vectors.preprocess import eval_transform
 
     monkeypatch.chdir(trained.project)
     target = tmp_path / "model.onnx"

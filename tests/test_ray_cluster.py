@@ -19,11 +19,11 @@ import psutil
 import pytest
 
 from tests.conftest import free_port, make_project
-from tlpipe.config import load_params
-from tlpipe.feature_store import PLAIN_VIEW, FeatureStore
-from tlpipe.features import extract_features
+from tlpipe.params_file import load_params
 from tlpipe.paths import data_root, feature_store
 from tlpipe.stages import features, manifest, validate
+from tlpipe.vectors.features import extract_features
+from tlpipe.vectors.store import PLAIN_VIEW, FeatureStore
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -114,8 +114,8 @@ def test_both_nodes_extract_and_their_features_equal_the_local_engines(project):
     sample = pd.concat([plan[plan["view"] == PLAIN_VIEW].head(24),
                         plan[plan["view"] != PLAIN_VIEW].head(24)])
     local = FeatureStore(str(project / "local-store"))
-    from tlpipe.backbones import backbone_for
     from tlpipe.devices import CPU
+    from tlpipe.vectors.backbones import backbone_for
 
     extract_features(sample, data_root(params, project), backbone_for(params.backbone, project),
                      params.features, params.augment, params.seed, local, CPU)

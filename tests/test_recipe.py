@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 
 from tests.conftest import make_project
 from tests.images import SHAPES, write_shapes
-from tlpipe.backbones import backbone_for
-from tlpipe.config import load_params
-from tlpipe.head import HeadSpec, build_head
-from tlpipe.model_io import load_classifier
+from tlpipe.params_file import load_params
 from tlpipe.paths import outputs_for
 from tlpipe.stages import audit, evaluate, features, finetune, head, manifest, validate
+from tlpipe.training.heads import HeadSpec, build_head
+from tlpipe.training.model import load_classifier
+from tlpipe.vectors.backbones import backbone_for
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import SMALL_PARAMS, cli_env, copy_slice, free_port
-from tlpipe import tracking
-from tlpipe.config import deep_merge, load_params
-from tlpipe.retrain import TrainedOn, plan_retrain
+from tlpipe.ops import tracking
+from tlpipe.params_file import deep_merge, load_params
+from tlpipe.promotion.retrain import TrainedOn, plan_retrain
 
 WEAK = {"head": {"epochs": 1, "lr": 3e-5}}
 
@@ -94,7 +94,7 @@ def test_plan_says_why():
 
 @pytest.mark.slow
 def test_retrain_story(tmp_path, prefect_harness, webhook):
-    from flows.retrain import retrain_flow
+    from tlpipe.flows.retrain import retrain_flow
 
     project = dvc_project(tmp_path / "project", {"train": 16, "val": 16}, {
         "finetune": {"epochs": 0}, "registry": {"model_name": "retrain-story"},
@@ -174,7 +174,7 @@ def serve_scheduled_tick(project: Path, client: MlflowClient) -> None:
            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     with open(project / "schedule.log", "wb") as log:
         served = subprocess.Popen(
-            [sys.executable, "-m", "tlpipe.cli", "schedule", "--interval", "5", "--port",
+            [sys.executable, "-m", "tlpipe.cli.main", "schedule", "--interval", "5", "--port",
              str(free_port())], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -195,8 +195,8 @@ def serve_scheduled_tick(project: Path, client: MlflowClient) -> None:
 
 def test_failure_is_recorded_even_when_the_webhook_is_down(tmp_path, prefect_harness):
     """A notification that cannot be delivered is reported; it never hides the outcome."""
-    from flows.retrain import retrain_flow
-    from tlpipe.validation import ValidationFailed
+    from tlpipe.data.validation import ValidationFailed
+    from tlpipe.flows.retrain import retrain_flow
 
     project = dvc_project(tmp_path / "project", {"train": 6, "val": 3}, {
         "registry": {"model_name": "retrain-nohook"},

@@ -9,10 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import copy_slice, make_project
-from tlpipe.config import load_params
-from tlpipe.feature_store import FeatureStore
+from tlpipe.params_file import load_params
 from tlpipe.paths import outputs_for
 from tlpipe.stages import audit, features, finetune, head, manifest, validate
+from tlpipe.vectors.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_torchrun_two_processes_match_one(project):
                                                           abs=0.05)
     assert two["history"][0]["val_accuracy"] == pytest.approx(
         one["history"][0]["val_accuracy"], abs=0.1)
-    from tlpipe.model_io import load_classifier
+    from tlpipe.training.model import load_classifier
 
     model, spec = load_classifier(outputs_for(params, project).model_dir)
     assert spec.classes == ["ants", "bees"] and not model.training
@@ -81,7 +81,7 @@ def test_the_flow_fills_feature_shards_in_concurrent_task_runs(tmp_path, prefect
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.train import train_flow
+    from tlpipe.flows.train import train_flow
 
     data = copy_slice(tmp_path / "data", {"train": 8, "val": 4})
     project = make_project(tmp_path / "project", data, {

@@ -30,8 +30,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO, copy_slice, free_port
 from tests.test_retrain import dvc_project, sh
-from tlpipe import stack
-from tlpipe.cli import app
+from tlpipe.cli.main import app
+from tlpipe.ops.stack import postgres
+from tlpipe.ops.stack import team as stack
 
 pytestmark = pytest.mark.slow
 INTERVAL_S = 10
@@ -172,11 +173,11 @@ def test_a_trusting_postgres_from_an_older_tlpipe_gets_a_password(monkeypatch):
     directory.mkdir()
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
-    sh(*stack._as_postgres_user([str(stack.postgres_bin() / "initdb"), "-D",
+    sh(*postgres.as_postgres_user([str(postgres.postgres_bin() / "initdb"), "-D",
                                  str(directory / "data"), "-A", "trust", "-U", "postgres",
                                  "--no-sync"]), cwd=base)  # as older tlpipe did
     try:
-        stack.start_postgres(directory, port, "127.0.0.1", secret)
+        postgres.start_postgres(directory, port, "127.0.0.1", secret)
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         assert "trust" not in sh("grep", "-v", "^#", str(directory / "data" / "pg_hba.conf"),
                                  cwd=base)
@@ -186,7 +187,7 @@ def test_a_trusting_postgres_from_an_older_tlpipe_gets_a_password(monkeypatch):
         psycopg2.connect(host="127.0.0.1", port=port, user="postgres",
                          password=secret.read_text(), dbname="mlflow").close()
     finally:
-        stack.stop_postgres(directory)
+        postgres.stop_postgres(directory)
         shutil.rmtree(base, ignore_errors=True)
 
 

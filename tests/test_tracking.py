@@ -4,8 +4,9 @@ import subprocess
 
 from mlflow.tracking import MlflowClient
 
-from tlpipe import tags, tracking
+from tlpipe import tags
 from tlpipe.config import TrackingConfig
+from tlpipe.ops import tracking
 
 
 def _context(tmp_path):

@@ -9,10 +9,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.images import decompression_bomb, odd_but_valid, truncated_jpeg, write_class_folder
-from tlpipe.cli import app
+from tlpipe.cli.main import app
 from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
-from tlpipe.manifest import build_manifest
-from tlpipe.validation import validate_manifest
+from tlpipe.data.manifest import build_manifest
+from tlpipe.data.validation import validate_manifest
 
 CONFIG = ValidationConfig()
 

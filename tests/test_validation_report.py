@@ -11,13 +11,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.images import decompression_bomb, truncated_jpeg, write_class_folder
-from tlpipe.cli import app
-from tlpipe.config import DataConfig, SplitConfig, ValidationConfig, parse_params
-from tlpipe.manifest import DataLayoutError, build_manifest
+from tlpipe.cli.main import app
+from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
+from tlpipe.data.manifest import DataLayoutError, build_manifest
+from tlpipe.data.validation import ValidationFailed, validate_manifest
+from tlpipe.params_file import parse_params
 from tlpipe.paths import outputs_for
+from tlpipe.reports.validation import write_html_report
 from tlpipe.stages import manifest as manifest_stage
 from tlpipe.stages import validate as validate_stage
-from tlpipe.validation import ValidationFailed, validate_manifest, write_html_report
 
 CONFIG = ValidationConfig()
 ODD_NAME = '<b>&"x.png'

@@ -1,7 +1,7 @@
-"""The one typed configuration of tlpipe, loaded from ``params.yaml``.
+"""The one typed configuration of tlpipe: every setting of ``params.yaml``, checked.
 
 Every section forbids unknown keys, so a typo fails at start with the key's name instead of
-being silently ignored.
+being silently ignored. Reading the file (and ``--set`` overrides) is ``tlpipe.params_file``.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-
-from tlpipe.errors import SettingsError
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -42,10 +38,6 @@ def _device_setting(value: str) -> str:
 
 # auto (the first GPU PyTorch sees, else the CPU) | cpu | cuda | cuda:N (tlpipe.devices)
 Device = Annotated[str, AfterValidator(_device_setting)]
-
-
-class ConfigError(SettingsError):
-    """A params file that cannot be used, with the offending key in the message."""
 
 
 class Section(BaseModel):
@@ -119,9 +111,10 @@ class BackboneConfig(Section):
 
 
 class FeaturesConfig(Section):
-    views: PositiveInt = 2  # augmented views per training image
+    # Augmented views per training image; 0: plain views only (the ladder then fits on them).
+    views: Annotated[int, Field(ge=0)] = 2
     batch_size: PositiveInt = 32
-    # What runs the frozen backbone (tlpipe.engines; bench/engines.py measures them):
+    # What runs the frozen backbone (tlpipe.vectors.engines; bench/engines.py measures them):
     # onnxruntime (float32 on the CPU, the fastest there), torch (on the device, at the
     # precision and memory format below), or auto: torch on a GPU, onnxruntime on the CPU.
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
@@ -134,7 +127,7 @@ class FeaturesConfig(Section):
     # exporter): one export per machine and backbone, shared by every project.
     engine_dir: Path = Path("~/.cache/tlpipe/engines")
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
-    # The feature store (tlpipe.feature_store): a folder, relative to the project, or any
+    # The feature store (tlpipe.vectors.store): a folder, relative to the project, or any
     # fsspec URL (s3://bucket/features) that every worker of a cluster can reach.
     store: str = ".cache/features"
     chunk_vectors: PositiveInt = 1024  # vectors per chunk file of the store
@@ -370,45 +363,3 @@ class Params(Section):
     def section_digest(self, *names: str) -> str:
         payload = {name: getattr(self, name).model_dump(mode="json") for name in names}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid settings"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against params.yaml's documented keys"
-        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
-
-
-def parse_params(raw: dict, source: str = "params") -> Params:
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
-
-
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
-    """Load and validate ``path``; ``overrides`` are deep-merged on top (for the CLI and tests)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found; pass --params PATH or create it")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must hold a mapping of sections, got {type(raw).__name__}")
-    return parse_params(deep_merge(raw, overrides or {}), str(path))
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

@@ -31,18 +31,3 @@ def resolve_device(setting: str, key: str = "device") -> torch.device:
             raise SettingsError(f"{key}: {setting!r}, but this machine has {count} GPU(s), "
                                 f"cuda:0 to cuda:{count - 1}")
     return device
-
-
-def precision_on(device: torch.device, precision: str) -> str:
-    """bf16 where the device computes in it; GPUs without bf16 (before Ampere) run fp32."""
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "fp32"
-    return precision
-
-
-def to_device(batch: torch.Tensor, device: torch.device, channels_last: bool = False
-              ) -> torch.Tensor:
-    """A batch on ``device`` (asynchronously from pinned memory), in the memory format the
-    model runs in."""
-    batch = batch.to(device, non_blocking=batch.is_pinned())
-    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch

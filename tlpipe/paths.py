@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tlpipe.config import Params
 from tlpipe.errors import SettingsError
-from tlpipe.feature_store import FeatureStore
+from tlpipe.vectors.store import FeatureStore
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A stage's name is its module under ``tlpipe/stages/``, its Prefect task, its MLflow child
 run and its DVC stage. The Prefect tasks (``tasks/stages.py``) and the DVC entry point
-(``python -m tlpipe.dvc_stage NAME``) are made from this list; ``dvc.yaml`` is checked
+(``python -m tlpipe.ops.dvc_stage NAME``) are made from this list; ``dvc.yaml`` is checked
 against it (tests/test_layout.py). Stage modules are imported on first use, so a DVC stage
 process loads only its own.
 """
@@ -46,3 +46,8 @@ def stage_named(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
         if stage.name == name:
             return stage
     raise KeyError(f"no stage {name!r}; the stages are {', '.join(s.name for s in stages)}")
+
+
+def stages_through(name: str, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    """The stages in order up to and including ``name``: what running ``name`` needs first."""
+    return stages[:stages.index(stage_named(name, stages)) + 1]

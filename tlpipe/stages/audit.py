@@ -13,13 +13,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from tlpipe.audit import AuditFailed, audit_embeddings, describe
-from tlpipe.audit_report import plot_map, write_html_report
+from tlpipe.audit.findings import AuditFailed, audit_embeddings, describe
 from tlpipe.config import Params
-from tlpipe.feature_store import PLAIN_VIEW
 from tlpipe.fsio import write_atomic, write_json
+from tlpipe.ops.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, feature_store, outputs_for
-from tlpipe.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
+from tlpipe.reports.audit import plot_map, write_html_report
+from tlpipe.vectors.store import PLAIN_VIEW
 
 STAGE = __name__.rpartition(".")[2]
 IMAGE_COLUMNS = ["path", "label", "split", "sha256", "key"]

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import mlflow
 
-from tlpipe.augment import save_augmentation_preview
-from tlpipe.backbones import backbone_for
 from tlpipe.config import Params
-from tlpipe.manifest import load_manifest
+from tlpipe.data.manifest import load_manifest
+from tlpipe.ops.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, outputs_for
-from tlpipe.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
+from tlpipe.reports.augment_preview import save_augmentation_preview
+from tlpipe.vectors.backbones import backbone_for
 
 STAGE = __name__.rpartition(".")[2]
 PREVIEW_VIEWS = 4  # augmented views beside each plain image in the preview grid

@@ -14,19 +14,19 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
-from tlpipe.evaluate import (
+from tlpipe.fsio import write_json
+from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
+from tlpipe.ops.tracking import RunContext, log_to_run_and_parent, stage_run
+from tlpipe.paths import data_root, outputs_for
+from tlpipe.reports.plots import (
     curve_points,
     plot_confusion_matrix,
     plot_learning_curves,
 )
-from tlpipe.fsio import write_json
-from tlpipe.inference import Scorer, predict_probabilities
-from tlpipe.manifest import load_manifest
-from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
-from tlpipe.model_io import load_classifier
-from tlpipe.paths import data_root, outputs_for
-from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
+from tlpipe.serving.inference import Scorer, predict_probabilities
+from tlpipe.training.model import load_classifier
 
 STAGE = __name__.rpartition(".")[2]
 

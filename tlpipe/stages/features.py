@@ -19,12 +19,19 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from tlpipe import cluster, tags
-from tlpipe.backbones import Backbone, Preprocessing, backbone_for
+from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
-from tlpipe.feature_store import PLAIN_VIEW, FeatureStore
-from tlpipe.features import (
+from tlpipe.fsio import write_json
+from tlpipe.ops.tracking import RunContext, flat_params, stage_run
+from tlpipe.paths import data_root, feature_store, outputs_for
+from tlpipe.training.cached import Features
+from tlpipe.training.heads import class_order
+from tlpipe.training.ladder import probe_score
+from tlpipe.vectors import cluster
+from tlpipe.vectors.backbones import Backbone, Preprocessing, backbone_for
+from tlpipe.vectors.features import (
     ExtractionStats,
     FeatureSpec,
     extract_features,
@@ -34,12 +41,7 @@ from tlpipe.features import (
     shard_of,
     spec_on,
 )
-from tlpipe.fsio import write_json
-from tlpipe.head import class_order
-from tlpipe.ladder import Features, probe_score
-from tlpipe.manifest import load_manifest
-from tlpipe.paths import data_root, feature_store, outputs_for
-from tlpipe.tracking import RunContext, flat_params, stage_run
+from tlpipe.vectors.store import FeatureStore
 
 STAGE = __name__.rpartition(".")[2]
 
@@ -140,13 +142,11 @@ def fill_shard(params: Params, project: Path, index: int) -> dict:
     return {"shard": index, **_fill(params, project, part, backbone, store)}
 
 
-def compute(params: Params, project: Path, plain_only: bool = False) -> dict:
-    """Fill the store and write the plan; ``plain_only`` (an audit alone) skips the augmented
-    views, which only training uses."""
+def compute(params: Params, project: Path) -> dict:
+    """Fill the store and write the plan (``features.views: 0``, as an audit alone runs it,
+    plans the plain views only)."""
     out = outputs_for(params, project)
     plan, backbone, store, choice = _plan(params, project)
-    if plain_only:
-        plan = plan[plan["view"] == PLAIN_VIEW]
     stats = _fill(params, project, plan, backbone, store)
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)

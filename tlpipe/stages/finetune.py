@@ -19,18 +19,20 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from tlpipe import tags
-from tlpipe.backbones import Preprocessing, backbone_for
-from tlpipe.config import Params, load_params
+from tlpipe.config import Params
+from tlpipe.data.manifest import load_manifest, manifest_fingerprint
+from tlpipe.data.quarantine import without_quarantined
 from tlpipe.devices import resolve_device
-from tlpipe.finetune import CHECKPOINT_FORMAT, FinetuneData, finetune
 from tlpipe.fsio import file_sha256, sha256_text, write_json
-from tlpipe.head import HeadSpec, build_head, class_order
-from tlpipe.manifest import load_manifest, manifest_fingerprint
-from tlpipe.model_io import Classifier, ModelSpec, save_classifier
+from tlpipe.ops.tracking import RunContext, flat_params, log_history, stage_run
+from tlpipe.params_file import load_params
 from tlpipe.paths import Outputs, data_root, outputs_for, resolve
-from tlpipe.quarantine import without_quarantined
-from tlpipe.torchrun import DistributedError, Rank, launch
-from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
+from tlpipe.training.checkpoint import CHECKPOINT_FORMAT
+from tlpipe.training.distributed import DistributedError, Rank, launch
+from tlpipe.training.finetune import FinetuneData, finetune
+from tlpipe.training.heads import HeadSpec, build_head, class_order
+from tlpipe.training.model import Classifier, ModelSpec, save_classifier
+from tlpipe.vectors.backbones import Preprocessing, backbone_for
 
 STAGE = __name__.rpartition(".")[2]
 EpochCallback = Callable[[int, dict], None]
@@ -73,7 +75,7 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     head_model = Classifier(backbone.model, head)
     if params.finetune.epochs == 0:
         return _head_only("finetune.epochs is 0", head_model, spec, out)
-    if head_spec.kind == "knn":
+    if not head_spec.fine_tunable:
         return _head_only(f"the chosen head ({chosen['candidate']}) has no weights to "
                           "fine-tune", head_model, spec, out)
 

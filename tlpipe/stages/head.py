@@ -16,13 +16,14 @@ from safetensors.torch import save_file
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.quarantine import without_quarantined
 from tlpipe.devices import resolve_device
 from tlpipe.fsio import file_sha256, write_atomic, write_json
-from tlpipe.head import class_order
-from tlpipe.ladder import Features, fit, score, select
+from tlpipe.ops.tracking import RunContext, flat_params, log_history, stage_run
 from tlpipe.paths import feature_store, outputs_for
-from tlpipe.quarantine import without_quarantined
-from tlpipe.tracking import RunContext, flat_params, log_history, stage_run
+from tlpipe.training.cached import Features
+from tlpipe.training.heads import class_order
+from tlpipe.training.ladder import fit, score, select
 
 STAGE = __name__.rpartition(".")[2]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import mlflow
 
 from tlpipe.config import Params
-from tlpipe.manifest import FILES_READ, build_manifest, manifest_fingerprint, save_manifest
+from tlpipe.data.manifest import FILES_READ, build_manifest, manifest_fingerprint, save_manifest
+from tlpipe.ops.tracking import RunContext, flat_params, stage_run
 from tlpipe.paths import data_root, outputs_for, resolve
-from tlpipe.tracking import RunContext, flat_params, stage_run
 
 STAGE = __name__.rpartition(".")[2]
 

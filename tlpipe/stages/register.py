@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.manifest import load_manifest
 from tlpipe.fsio import write_text
-from tlpipe.manifest import load_manifest
-from tlpipe.model_versions import record_classes
+from tlpipe.ops.tracking import RunContext, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, outputs_for
-from tlpipe.registry import log_and_register
-from tlpipe.tracking import RunContext, log_to_run_and_parent, stage_run
+from tlpipe.registry.register import log_and_register
+from tlpipe.registry.versions import record_classes
 
 STAGE = __name__.rpartition(".")[2]
 HEADLINE = ("test_accuracy", "test_macro_f1", "test_ece")

@@ -13,11 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.manifest import load_manifest, manifest_fingerprint, save_manifest
+from tlpipe.data.validation import ValidationFailed, validate_manifest
 from tlpipe.fsio import write_json, write_text
-from tlpipe.manifest import load_manifest, manifest_fingerprint, save_manifest
+from tlpipe.ops.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, outputs_for
-from tlpipe.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
-from tlpipe.validation import ValidationFailed, validate_manifest, write_html_report
+from tlpipe.reports.validation import write_html_report
 
 STAGE = __name__.rpartition(".")[2]
 

@@ -1,0 +1,1 @@
+"""What the embeddings say about the data: label issues, near-copies, outliers, drift."""

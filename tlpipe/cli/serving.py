@@ -1,0 +1,93 @@
+"""Commands that use a registered model: `tlpipe predict`, `tlpipe export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tlpipe.cli.common import ModelUri, ParamsOption, SetOption, fail, registry_settings
+
+
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files, or folders (every image file under them is scored).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Write a CSV (path, label, probability, prob_<class>, error) instead of printing."
+    )] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Registered model name; default: registry.model_name.")] = None,
+    alias: Annotated[str | None, typer.Option(
+        help="Model alias to load; default: registry.champion_alias.")] = None,
+    version: Annotated[int | None, typer.Option(help="Model version (overrides --alias).")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Classify images with a registered model (the champion unless told otherwise)."""
+    from tlpipe.serving.batch import image_files, predict_files
+
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        fail(f"not found: {', '.join(missing)}", 2)
+    files = image_files(inputs)
+    if not files:
+        fail(f"no image files in {', '.join(map(str, inputs))}", 2)
+    settings = registry_settings(params, set_)
+    from tlpipe.registry.loader import ModelNotFound, loaded_pyfunc, model_uri, resolve_version
+
+    uri = model_uri(model or settings.registry.model_name, version,
+                    alias or settings.registry.champion_alias)
+    try:
+        with loaded_pyfunc(resolve_version(uri), {
+                "device": settings.device,
+                "features": settings.features.model_dump(mode="json")}) as loaded:
+            frame = predict_files(loaded, files, batch_size)
+    except ModelNotFound as error:
+        fail(f"cannot load {error}. `tlpipe models` lists versions and aliases; use --alias "
+             "challenger before any promotion.", 1)
+    failed = int((frame["error"] != "").sum())
+    if out is not None:
+        frame.to_csv(out, index=False)
+        typer.echo(f"{len(frame) - failed} images scored with {uri} -> {out}"
+                   + (f"; {failed} unreadable (see the error column)" if failed else ""))
+    else:
+        columns = [c for c in frame.columns if c.startswith("prob_")]
+        for _, row in frame.iterrows():
+            if row["error"]:
+                typer.echo(f"{row['path']}: ERROR {row['error']}")
+                continue
+            ranked = sorted(((row[c], c.removeprefix("prob_")) for c in columns), reverse=True)
+            typer.echo(f"{row['path']}: " + ", ".join(
+                f"{label} {probability:.3f}" for probability, label in ranked[:top_k]))
+    raise typer.Exit(1 if failed else 0)
+
+
+def export(
+    model_uri: ModelUri,
+    format_: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        help="Output file; default: <name>-v<version>.onnx here.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Write a registered model as a self-contained ONNX file plus a JSON of its classes and
+    preprocessing, after checking ONNX Runtime against PyTorch on real images."""
+    if format_ != "onnx":
+        fail(f"--format {format_!r}: only 'onnx' is supported", 2)
+    settings = registry_settings(params, set_)
+    from tlpipe.paths import data_root
+    from tlpipe.registry.loader import load_version, resolve_version
+    from tlpipe.serving.export import export_onnx, sample_images
+
+    version = resolve_version(model_uri)
+    model, spec = load_version(version.name, str(version.version))  # verified as it loads
+    samples = sample_images(data_root(settings, Path.cwd()))
+    target = out or Path(f"{version.name}-v{version.version}.onnx")
+    report = export_onnx(model, spec, target, samples, model_uri)
+    typer.secho(f"wrote {report.onnx_file} and {report.metadata_file}", fg=typer.colors.GREEN)
+    typer.echo(f"ONNX Runtime vs PyTorch on {report.inputs_checked} inputs "
+               f"({len(samples)} real images): max |difference| of probabilities "
+               f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")

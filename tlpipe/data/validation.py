@@ -1,0 +1,301 @@
+"""The data gate: a Great Expectations suite over the manifest, and a report naming every offender
+(its HTML page is ``tlpipe.reports.validation``).
+
+Two suites run. The file suite checks each manifest row (decodes, format, size, location,
+duplicates); offenders of rules listed in ``validation.quarantine`` are excluded and recorded
+instead of failing the gate. The class suite then checks the files that remain (class count,
+expected classes, images per class, imbalance), so quarantining can never hide a class that
+became too small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import get_args
+
+import pandas as pd
+
+from tlpipe.config import Params, RuleName, ValidationConfig
+from tlpipe.data.manifest import SPLITS, build_manifest
+from tlpipe.errors import TlpipeError
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@dataclass
+class RuleOutcome:
+    rule: str
+    level: str  # "file" or "class"
+    passed: bool
+    action: str  # "fail" or "quarantine"
+    description: str
+    offenders: list[dict] = field(default_factory=list)  # {"path" or "label", "detail"}
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.passed else (
+            "QUARANTINED" if self.action == "quarantine" else "FAILED")
+
+
+QUARANTINABLE = frozenset(get_args(RuleName))
+
+# What to change for each rule, naming the params.yaml setting that controls it.
+_FIX = {
+    "decodable": "re-export or delete these files",
+    "format": "convert them to an allowed format, or add theirs to "
+              "`validation.allowed_formats` in params.yaml",
+    "min_side": "use larger images, or lower `validation.min_side` in params.yaml",
+    "max_pixels": "downscale them, or raise `validation.max_pixels` in params.yaml if you "
+                  "trust them",
+    "inside_root": "copy the linked files into the data folder instead of linking to them",
+    "duplicates": "keep one copy, in the right class folder",
+    "class_count": "give the data folder at least two class folders",
+    "min_images_per_class": "add images to these classes, or lower "
+                            "`validation.min_images_per_class` in params.yaml",
+    "split_coverage": "add images to these classes (each file's split comes from its content "
+                      "hash, so more images reach every split), or give the data its own "
+                      "val/ and test/ folders",
+    "class_imbalance": "add images to the small classes, or raise "
+                       "`validation.max_class_imbalance` in params.yaml",
+    "expected_classes": "rename the class folders, or change `data.expected_classes` in "
+                        "params.yaml",
+}
+
+
+def fix_hint(outcome: RuleOutcome) -> str:
+    """How to fix a failed rule; quarantining is offered only where a file can be left out."""
+    hint = _FIX[outcome.rule]
+    if outcome.rule in QUARANTINABLE:
+        hint += (f"; or add `{outcome.rule}` to `validation.quarantine` in params.yaml to "
+                 "exclude these files and train on the rest")
+    return hint
+
+
+def files_phrase(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def offender_name(offender: dict) -> str:
+    return offender.get("path") or f"class {offender.get('label')!r}"
+
+
+@dataclass
+class ValidationReport:
+    passed: bool
+    total_files: int
+    kept_files: int
+    outcomes: list[RuleOutcome]
+    class_counts: dict[str, int] = field(default_factory=dict)  # after quarantine
+
+    @property
+    def quarantined(self) -> list[dict]:
+        return [o for r in self.outcomes if r.action == "quarantine" for o in r.offenders]
+
+    @property
+    def failures(self) -> list[RuleOutcome]:
+        return [r for r in self.outcomes if not r.passed and r.action == "fail"]
+
+    @property
+    def verdict(self) -> str:
+        return "PASSED" if self.passed else "FAILED"
+
+    @property
+    def summary(self) -> str:
+        if not self.passed:
+            return (f"{self.total_files} files scanned. Validation failed: nothing will be "
+                    "trained until the failures below are fixed.")
+        excluded = self.total_files - self.kept_files
+        return (f"{self.total_files} files scanned, {self.kept_files} kept for training"
+                + (f", {excluded} quarantined." if excluded else "."))
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "total_files": self.total_files,
+                "kept_files": self.kept_files, "class_counts": self.class_counts,
+                "rules": [asdict(r) for r in self.outcomes]}
+
+    def to_markdown(self, listed: int = 10) -> str:
+        """The report for terminals and MLflow: at most ``listed`` offenders per rule."""
+        lines = [f"# Data validation: {self.verdict}", "", self.summary, ""]
+        if self.class_counts:
+            lines += ["Images per class: " + ", ".join(
+                f"{label} {count}" for label, count in self.class_counts.items()), ""]
+        for outcome in self.outcomes:
+            files = f" ({files_phrase(len(outcome.offenders))})" if (
+                outcome.level == "file" and outcome.offenders) else ""
+            lines.append(f"- [{outcome.status}] {outcome.rule}: {outcome.description}{files}")
+            if outcome.status == "FAILED":
+                lines.append(f"    - fix: {fix_hint(outcome)}")
+            lines += [f"    - {offender_name(o)}: {o['detail']}"
+                      for o in outcome.offenders[:listed]]
+            if len(outcome.offenders) > listed:
+                lines.append(f"    - and {len(outcome.offenders) - listed} more "
+                             "(all in report.json / report.html)")
+        return "\n".join(lines) + "\n"
+
+
+class ValidationFailed(TlpipeError):
+    def __init__(self, report: ValidationReport, page: Path | None = None):
+        def named(rule: RuleOutcome) -> str:
+            where = [offender_name(o) for o in rule.offenders]
+            more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+            return f"{rule.rule}: {', '.join(where[:5])}{more}"
+
+        super().__init__("data validation failed: " + "; ".join(map(named, report.failures))
+                         + (f". Report with thumbnails: {page}" if page else "")
+                         + ". Nothing was trained or registered.")
+        self.report = report
+
+
+def _file_frame(manifest: pd.DataFrame) -> pd.DataFrame:
+    frame = manifest.copy()
+    frame["min_side"] = frame[["width", "height"]].min(axis=1)
+    frame["pixels"] = frame["width"] * frame["height"]
+    by_hash = frame.groupby("sha256")
+    frame["duplicate_conflict"] = (by_hash["label"].transform("nunique") > 1) | (
+        by_hash["split"].transform("nunique") > 1)
+    return frame
+
+
+def _class_frame(kept: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    per_split = pd.crosstab(kept["label"], kept["split"]).reindex(
+        index=classes, columns=list(SPLITS), fill_value=0)
+    counts = per_split.sum(axis=1)
+    largest = max(int(counts.max()), 1) if len(counts) else 1
+    return pd.DataFrame({
+        "label": counts.index.astype(str),
+        "count": counts.to_numpy(),
+        "imbalance": [largest / c if c else float("inf") for c in counts.to_numpy()],
+        "emptiest_split": per_split.min(axis=1).to_numpy(),
+        "splits": [", ".join(f"{split} {row[split]}" for split in SPLITS)
+                   for _, row in per_split.iterrows()],
+    })
+
+
+def _file_rules(config: ValidationConfig) -> list[tuple[str, str, object]]:
+    import great_expectations.expectations as gxe
+
+    return [
+        ("decodable", "every file decodes as an image",
+         gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True])),
+        ("format", f"format is one of {config.allowed_formats}",
+         gxe.ExpectColumnValuesToBeInSet(column="format", value_set=config.allowed_formats)),
+        ("min_side", f"shorter side is at least {config.min_side} px",
+         gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=config.min_side)),
+        ("max_pixels", f"at most {config.max_pixels} pixels (decompression-bomb guard)",
+         gxe.ExpectColumnValuesToBeBetween(column="pixels", max_value=config.max_pixels)),
+        ("inside_root", "no symlink leads outside the data folder",
+         gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True])),
+        ("duplicates", "identical content never appears in two classes or two splits",
+         gxe.ExpectColumnValuesToBeInSet(column="duplicate_conflict", value_set=[False])),
+    ]
+
+
+def _class_rules(config: ValidationConfig, expected: list[str] | None) -> list:
+    import great_expectations.expectations as gxe
+
+    rules = [
+        ("class_count", "at least two classes",
+         gxe.ExpectTableRowCountToBeBetween(min_value=2)),
+        ("min_images_per_class", f"every class has at least {config.min_images_per_class} images",
+         gxe.ExpectColumnValuesToBeBetween(column="count", min_value=config.min_images_per_class)),
+        ("class_imbalance", f"largest class at most {config.max_class_imbalance}x any other",
+         gxe.ExpectColumnValuesToBeBetween(column="imbalance",
+                                           max_value=config.max_class_imbalance)),
+        # A class missing from test would be scored as 0 of 0 (macro-F1 0.5 with accuracy
+        # 1.0 was seen); missing from val, it would never count while choosing the head.
+        ("split_coverage", "every class has train, val and test images",
+         gxe.ExpectColumnValuesToBeBetween(column="emptiest_split", min_value=1)),
+    ]
+    if expected:
+        rules.append(("expected_classes", f"classes are exactly {sorted(expected)}",
+                      gxe.ExpectColumnDistinctValuesToEqualSet(column="label",
+                                                               value_set=sorted(expected))))
+    return rules
+
+
+def _run_suite(name: str, rules: list, frame: pd.DataFrame, key: str) -> list[tuple[bool, dict]]:
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    batch = (context.data_sources.add_pandas(name).add_dataframe_asset(name)
+             .add_batch_definition_whole_dataframe(name))
+    suite = context.suites.add(gx.ExpectationSuite(
+        name=name, expectations=[expectation for _, _, expectation in rules]))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(data=batch, suite=suite, name=name))
+    result = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
+    )
+    return [(item.success, item.result) for item in result.results]
+
+
+_FILE_DETAIL = {
+    "decodable": lambda row: row["error"] or "cannot be decoded",
+    "format": lambda row: f"format {row['format']}",
+    "min_side": lambda row: f"{row['width']}x{row['height']} px",
+    "max_pixels": lambda row: f"{row['width']}x{row['height']} = {row['pixels']} px",
+    "inside_root": lambda row: "symlink to a file outside the data folder",
+    "duplicates": lambda row: f"same content (sha256 {row['sha256'][:12]}) as a file "
+                              "in another class or split",
+}
+
+
+def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
+                      expected_classes: list[str] | None = None
+                      ) -> tuple[ValidationReport, pd.DataFrame]:
+    """Run the gate; return the report and the manifest rows kept for training."""
+    files = _file_frame(manifest)
+    outcomes: list[RuleOutcome] = []
+    excluded: set[str] = set()
+    rules = _file_rules(config)
+    by_path = files.set_index("path")
+    for (rule, description, _), (success, result) in zip(
+            rules, _run_suite("files", rules, files, "path"), strict=True):
+        paths = [entry["path"] for entry in result.get("unexpected_index_list") or []]
+        action = "quarantine" if rule in config.quarantine else "fail"
+        offenders = [{"path": p, "detail": _FILE_DETAIL[rule](by_path.loc[p])} for p in paths]
+        outcomes.append(RuleOutcome(rule, "file", success, action, description, offenders))
+        if action == "quarantine":
+            excluded.update(paths)
+
+    kept = manifest[~manifest["path"].isin(excluded)].reset_index(drop=True)
+    kept.attrs = dict(manifest.attrs)
+    classes = list(manifest.attrs.get("classes") or sorted(manifest["label"].unique()))
+    class_table = _class_frame(kept, classes)
+    class_rules = _class_rules(config, expected_classes)
+    by_label = class_table.set_index("label")
+    for (rule, description, _), (success, result) in zip(
+            class_rules, _run_suite("classes", class_rules, class_table, "label"), strict=True):
+        labels = [entry["label"] for entry in result.get("unexpected_index_list") or []]
+        offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} images"
+                      + (f" ({by_label.loc[label, 'splits']})"
+                         if rule == "split_coverage" else "")}
+                     for label in labels]
+        if rule == "class_count" and not success:
+            offenders = [{"label": ",".join(classes) or "(none)",
+                          "detail": f"{len(classes)} class folder(s) found; need at least 2"}]
+        if rule == "expected_classes" and not success:
+            missing = sorted(set(expected_classes) - set(classes))
+            unexpected = sorted(set(classes) - set(expected_classes))
+            offenders = (
+                [{"label": label, "detail": "expected, but no such class folder"}
+                 for label in missing]
+                + [{"label": label, "detail": "class folder not in data.expected_classes"}
+                   for label in unexpected])
+        outcomes.append(RuleOutcome(rule, "class", success, "fail", description, offenders))
+
+    passed = all(o.passed or o.action == "quarantine" for o in outcomes)
+    counts = {label: int(count) for label, count in by_label["count"].items()}
+    report = ValidationReport(passed, len(manifest), len(kept), outcomes, counts)
+    return report, kept
+
+
+def check_folder(root: Path, params: Params) -> tuple[ValidationReport, pd.DataFrame]:
+    """The gate on a data folder as it is now, in memory: scan it, then validate the scan.
+    Returns the report and the rows kept; nothing is written."""
+    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
+    return validate_manifest(manifest, params.validation, params.data.expected_classes)

@@ -1,0 +1,1 @@
+"""Who is champion: held-out scores, the gate, decisions, alias moves, lock, rollback, retrain."""

@@ -1,7 +1,0 @@
-"""Entry point MLflow runs when loading a registered tlpipe model (models from code)."""
-
-import mlflow
-
-from tlpipe.serving import ImageClassifierModel
-
-mlflow.models.set_model(ImageClassifierModel())

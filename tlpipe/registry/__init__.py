@@ -1,0 +1,1 @@
+"""Registered models: registering, versions, verifying and loading, lineage, reproducing."""

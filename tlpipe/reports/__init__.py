@@ -1,0 +1,1 @@
+"""What people look at: validation and audit pages, augmentation preview, plots, thumbnails."""

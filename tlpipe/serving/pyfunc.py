@@ -1,0 +1,101 @@
+"""The registered model: an MLflow pyfunc that takes encoded images and returns labels.
+
+It is logged as "models from code" (``tlpipe/serving/pyfunc_entry.py``), so loading it imports this
+module and reads safetensors weights: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+IMAGE_COLUMN = "image"
+DEVICE_VARIABLE = "TLPIPE_DEVICE"
+
+
+class ImageClassifierModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with an ``image`` column. Each value is encoded image bytes (JPEG,
+    PNG, ...; base64 text in JSON requests) or a uint8 array HxW[xC] (nested lists in JSON).
+
+    Output: ``label``, ``probability`` (of that label) and ``prob_<class>`` for every class.
+
+    It scores on the device and engine of ``tlpipe.serving.inference``: set ``TLPIPE_DEVICE`` (auto,
+    cpu, cuda, cuda:N) for a server, or pass ``model_config={"device": ..., "features":
+    {...}}`` to ``mlflow.pyfunc.load_model``.
+    """
+
+    def load_context(self, context) -> None:
+        from tlpipe.config import FeaturesConfig
+        from tlpipe.devices import resolve_device
+        from tlpipe.serving.inference import Scorer
+        from tlpipe.training.model import load_classifier
+        from tlpipe.vectors.preprocess import eval_decode_side, eval_transform
+
+        model, self.spec = load_classifier(Path(context.artifacts["model_dir"]))
+        self.transform = eval_transform(self.spec.preprocessing_config)
+        self.decode_side = eval_decode_side(self.spec.preprocessing_config)
+        # `tlpipe predict` passes the project's settings as the model_config; a server
+        # takes its device from TLPIPE_DEVICE (default: a GPU when there is one).
+        settings = context.model_config or {}
+        device = settings.get("device") or os.environ.get(DEVICE_VARIABLE, "auto")
+        self.scorer = Scorer(model, self.spec, FeaturesConfig(**settings.get("features", {})),
+                             resolve_device(device, "device" if "device" in settings
+                                            else DEVICE_VARIABLE))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
+                ) -> pd.DataFrame:
+        batch = torch.stack([self.transform(as_image(value, row, self.decode_side))
+                             for row, value in enumerate(model_input[IMAGE_COLUMN])])
+        return prediction_frame(self.scorer(batch), self.spec.classes)
+
+
+def as_image(value: object, row: int = 0, min_side: int | None = None) -> Image.Image:
+    """One input value as RGB; encoded JPEGs decode as ``images.load_rgb`` does."""
+    from tlpipe.vectors.images import decode_rgb
+
+    try:
+        if isinstance(value, bytes | bytearray):
+            return decode_rgb(bytes(value), min_side)
+        if isinstance(value, str):  # JSON requests carry binary values base64-encoded
+            return decode_rgb(base64.b64decode(value), min_side)
+        if isinstance(value, np.ndarray | list):
+            return array_to_rgb(value)
+    except Exception as error:
+        raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: not a readable image "
+                         f"({type(error).__name__}: {error})") from None
+    raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: expected image bytes or a uint8 "
+                     f"array, got {type(value).__name__}")
+
+
+def prediction_frame(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    best = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({
+        "label": [classes[i] for i in best],
+        "probability": probabilities[np.arange(len(best)), best].astype(float),
+    })
+    for index, name in enumerate(classes):
+        frame[f"prob_{name}"] = probabilities[:, index].astype(float)
+    return frame
+
+
+def array_to_rgb(values: object) -> Image.Image:
+    """A uint8 array (or nested lists from JSON) of shape HxW, HxWx1, HxWx3 or HxWx4."""
+    from tlpipe.vectors.images import to_rgb
+
+    array = np.asarray(values)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
+            raise ValueError(f"image arrays must hold uint8 values 0..255, got {array.dtype}")
+        array = array.astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return to_rgb(Image.fromarray(array))
+    raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")

@@ -1,0 +1,1 @@
+"""Heads and fine-tuning: the head registry, the ladder, the fine-tuning loop, the model file."""

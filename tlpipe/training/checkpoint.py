@@ -1,0 +1,70 @@
+"""Fine-tuning checkpoints: after every epoch, everything a killed run needs to resume exactly
+(the same trainable parameters, optimizer moments, schedule position, early-stopping state and
+RNG streams)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tlpipe.fsio import write_atomic
+from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
+
+# What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
+# checkpoint written by another version of this module is never found, let alone misread.
+CHECKPOINT_FORMAT = 4
+
+
+@dataclass
+class Resumed:
+    epoch: int                 # the last completed epoch
+    stopping: EarlyStopping
+    history: TrainingHistory
+    validation_seconds: float  # one validation pass, as first measured (for the forecast)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def save(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: torch.optim.lr_scheduler.LRScheduler, stopping: EarlyStopping,
+         history: TrainingHistory, validation_seconds: float, device: torch.device) -> None:
+    state = {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "best_model": stopping.best_state,
+        "best_loss": stopping.best_loss, "stale": stopping.stale, "history": history.epochs,
+        "best_epoch": stopping.best_epoch, "trainable": trainable_names(model),
+        "rng": torch.get_rng_state(), "start": history.start,
+        # Dropout on a GPU draws from the GPU's generator.
+        **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        "validation_seconds": validation_seconds,
+    }
+    write_atomic(path, lambda temporary: torch.save(state, temporary))
+
+
+def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, patience: int,
+            device: torch.device) -> Resumed:
+    """Load ``path`` into the model, optimizer and scheduler (the same state in every process)
+    and the RNG (the first process's stream: exact for one process)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["trainable"] != trainable_names(model):
+        raise RuntimeError(f"{path}: trainable parameters differ from this run's; "
+                           "delete the checkpoint to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    start = state["start"]
+    stopping = EarlyStopping(patience, state["best_model"], state["best_loss"],
+                             min_accuracy=start["val_accuracy"], stale=state["stale"],
+                             best_epoch=state["best_epoch"])
+    return Resumed(state["epoch"], stopping,
+                   TrainingHistory(state["history"], state["best_epoch"], start),
+                   state["validation_seconds"])

@@ -1,0 +1,67 @@
+"""The classifier (backbone then head), saved and loaded without pickles: safetensors plus JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tlpipe.fsio import write_atomic, write_json
+from tlpipe.training.heads import HeadSpec, build_head
+from tlpipe.vectors.backbones import Preprocessing, build_architecture
+
+WEIGHTS_FILE, SPEC_FILE = "model.safetensors", "model.json"
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class Classifier(nn.Module):
+    """Backbone features into the head. BatchNorm layers stay in eval mode even in ``train()``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, _BATCHNORM):
+                module.eval()
+        return self
+
+
+@dataclass
+class ModelSpec:
+    backbone: str
+    num_features: int
+    classes: list[str]
+    head: dict  # HeadSpec fields: what shapes the head
+    preprocessing: dict
+
+    @property
+    def preprocessing_config(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.preprocessing)
+
+
+def save_classifier(model: Classifier, spec: ModelSpec, directory: Path) -> Path:
+    directory = Path(directory)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(state, str(path)))
+    write_json(directory / SPEC_FILE, spec.__dict__)
+    return directory
+
+
+def load_classifier(directory: Path) -> tuple[Classifier, ModelSpec]:
+    directory = Path(directory)
+    spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
+    head = build_head(HeadSpec.from_dict(spec.head, spec.num_features, len(spec.classes)))
+    model = Classifier(build_architecture(spec.backbone), head)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    return model.eval(), spec
