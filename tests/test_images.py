@@ -4,7 +4,8 @@ import numpy as np
 from PIL import Image
 
 from tests.images import decompression_bomb, odd_but_valid, truncated_jpeg
-from tlpipe.vectors.images import inspect_image, load_rgb
+from tlpipe.data.image_facts import inspect_image
+from tlpipe.vectors.images import load_rgb
 
 
 def test_every_odd_mode_becomes_8bit_rgb(tmp_path):

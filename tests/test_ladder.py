@@ -41,3 +41,14 @@ def test_selection_on_a_sample_still_picks_a_good_candidate():
     assert len(board) == 3 and board[0].protocol == "validation"
     assert chosen.name == next(row.candidate for row in board if row.chosen)
     assert max(row.score for row in board) > 0.9
+
+
+def test_the_settings_accept_exactly_the_registered_head_kinds():
+    """`head.candidates` is checked against the config's list; the ladder runs the registry's.
+    A kind added to one and not the other would be refused, or never run."""
+    from typing import get_args
+
+    from tlpipe.config import HeadKind
+    from tlpipe.training.head_kinds import KINDS
+
+    assert set(get_args(HeadKind)) == set(KINDS)

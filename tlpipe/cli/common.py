@@ -1,5 +1,5 @@
-"""What the command groups share: the common options, loading settings, starting flows, and
-printing a promotion decision."""
+"""What the command groups share: the common options, loading settings, and printing a
+promotion decision."""
 
 from __future__ import annotations
 
@@ -47,16 +47,6 @@ def registry_settings(params: Path, pairs: list[str] | None = None):
 
     tracking.configure(settings.tracking, Path.cwd())
     return settings
-
-
-def flows():
-    """The flows, with Prefect's console logging tracebacks only under --verbose."""
-    from tlpipe.flows import start
-
-    if not options["verbose"]:
-        start.hide_expected_tracebacks()
-    start.start_temporary_server()
-    return start
 
 
 def print_decision(decision: dict) -> None:

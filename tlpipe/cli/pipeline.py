@@ -12,8 +12,8 @@ from tlpipe.cli.common import (
     SetOption,
     audit_line,
     fail,
-    flows,
     load_settings,
+    options,
     print_decision,
 )
 
@@ -54,7 +54,9 @@ def run(
     # A SIGTERM during the flow reaches Prefect's handler, which raises inside the flow: the
     # MLflow run is then marked FAILED with that reason (tests/test_kill_resume.py).
     settings = load_settings(params, set_, data)
-    start = flows()
+    from tlpipe.flows import start
+
+    start.prepare(show_tracebacks=options["verbose"])
     from tlpipe.promotion.lock import LockTimeout
     from tlpipe.promotion.scoring import PromotionError
     from tlpipe.training.ladder import leaderboard_lines

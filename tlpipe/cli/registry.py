@@ -13,8 +13,8 @@ from tlpipe.cli.common import (
     ParamsOption,
     SetOption,
     fail,
-    flows,
     load_settings,
+    options,
     print_decision,
     registry_settings,
 )
@@ -65,8 +65,10 @@ def promote(
     if reason and not force:
         fail("--reason is only for --force; a gated promotion records the gate's reasons", 2)
     settings = load_settings(params, set_)
-    decision = flows().promote_flow(settings, str(Path.cwd()), version,
-                                    reason if force else None)
+    from tlpipe.flows import start
+
+    start.prepare(show_tracebacks=options["verbose"])
+    decision = start.promote_flow(settings, str(Path.cwd()), version, reason if force else None)
     print_decision(decision)
     raise typer.Exit(1 if decision["verdict"] == "refused" else 0)
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from tlpipe.cli.common import ParamsOption, SetOption, fail, flows, load_settings, options
+from tlpipe.cli.common import ParamsOption, SetOption, fail, load_settings, options
 
 
 def retrain(
@@ -23,9 +23,10 @@ def retrain(
     against the data now), then run the promotion gate. Exit 0 when skipped or promoted, 1
     when refused or failed. `tlpipe schedule` runs this on a schedule."""
     load_settings(params, set_)  # bad settings fail here, naming the key, before any flow starts
+    from tlpipe.flows import start
     from tlpipe.params_file import overrides_from
 
-    start = flows()
+    start.prepare(show_tracebacks=options["verbose"])
     try:
         outcome = start.retrain_flow(str(Path.cwd()), str(params), force, overrides_from(set_))
     except Exception as error:  # the outcome (failed, and why) is recorded by the flow
@@ -62,7 +63,9 @@ def schedule(
     own_server = not os.environ.get("PREFECT_API_URL")
     if own_server:  # before Prefect is imported: it reads PREFECT_API_URL then
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    start = flows()
+    from tlpipe.flows import start
+
+    start.prepare(show_tracebacks=options["verbose"])
     try:  # checked before any server starts
         when = start.retrain_schedule(cron, interval, timezone)
     except ValueError as error:

@@ -23,8 +23,8 @@ from tlpipe.fsio import sha256_text
 from tlpipe.metrics import small_split_warning
 from tlpipe.ops.tracking import finishing, start_parent_run
 from tlpipe.promotion.aliases import RegistryState, finish_pending, move, read_state
+from tlpipe.promotion.candidates import Candidates, HeldOutSplit, ScoredCandidates
 from tlpipe.promotion.gate import Check, GateResult, Scores, apply_gate
-from tlpipe.promotion.scoring import Candidates, HeldOutSplit, ScoredCandidates
 
 PROMOTING_VERDICTS = ("promoted", "forced")
 

@@ -3,7 +3,6 @@ is now: every model a decision compares is scored on the same images, by the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from tlpipe.data.manifest import manifest_fingerprint
 from tlpipe.data.validation import ValidationFailed, check_folder
 from tlpipe.errors import TlpipeError
 from tlpipe.paths import data_root
+from tlpipe.promotion.candidates import Candidates, HeldOutSplit, ScoredCandidates
 from tlpipe.promotion.gate import Scores
 from tlpipe.registry.loader import load_version
 from tlpipe.registry.versions import alias_version
@@ -22,16 +22,6 @@ from tlpipe.registry.versions import alias_version
 
 class PromotionError(TlpipeError):
     """A promotion that cannot go ahead; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class HeldOutSplit:
-    """The current held-out images: what every model is scored on."""
-
-    root: Path
-    paths: list[str]
-    labels: list[str]
-    fingerprint: str
 
 
 def current_test_split(params: Params, project_dir: Path) -> HeldOutSplit:
@@ -45,13 +35,6 @@ def current_test_split(params: Params, project_dir: Path) -> HeldOutSplit:
         raise PromotionError(f"{root}: the current data has no test images to compare on")
     return HeldOutSplit(root, test["path"].tolist(), test["label"].tolist(),
                      manifest_fingerprint(test))
-
-
-@dataclass(frozen=True)
-class Candidates:
-    model_name: str
-    challenger: str
-    champion: str | None
 
 
 def find_candidates(registry: RegistryConfig, version: str | None = None) -> Candidates:
@@ -86,13 +69,6 @@ def score_version(name: str, version: str, split: HeldOutSplit, params: Params
     y_true = np.array([spec.classes.index(label) for label in split.labels])
     return Scores.from_probabilities(version, y_true, probabilities, spec.classes,
                                      params.evaluation.calibration_bins), spec.classes
-
-
-@dataclass
-class ScoredCandidates:
-    challenger: Scores
-    champion: Scores | None
-    incomparable: str | None = None  # why the champion could not be scored, if it could not
 
 
 def score_candidates(candidates: Candidates, split: HeldOutSplit, params: Params
