@@ -16,8 +16,8 @@ from tlpipe.flows.retrain import retrain_flow, retrain_schedule, serve_retrain
 from tlpipe.flows.train import train_flow
 from tlpipe.ops.watchdog import stop_with_this_process
 
-__all__ = ["hide_expected_tracebacks", "promote_flow", "retrain_flow", "retrain_schedule",
-           "serve_retrain", "start_temporary_server", "train_flow"]
+__all__ = ["hide_expected_tracebacks", "prepare", "promote_flow", "retrain_flow",
+           "retrain_schedule", "serve_retrain", "start_temporary_server", "train_flow"]
 
 
 def _message_only(record: logging.LogRecord) -> bool:
@@ -33,6 +33,13 @@ def hide_expected_tracebacks() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and _message_only not in handler.filters:
             handler.addFilter(_message_only)
+
+
+def prepare(show_tracebacks: bool) -> None:
+    """Ready the console and the server for a flow started from the command line."""
+    if not show_tracebacks:
+        hide_expected_tracebacks()
+    start_temporary_server()
 
 
 def start_temporary_server() -> None:
