@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Offline machines keep a copy of the demo data beside the project; elsewhere it downloads.
 DEMO_COPY := $(wildcard ../shared/datasets/hymenoptera_data)
 
-.PHONY: demo test install lint clean repro plots
+.PHONY: demo test install lint clean repro plots docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 # dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.ops.dvc_stage`).
@@ -41,6 +42,10 @@ plots: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc plots show --html-template plots/template.html -o dvc_plots
 	cp $(VEGA)/vega/build/vega.min.js $(VEGA)/vega-lite/build/vega-lite.min.js $(VEGA)/vega-embed/build/vega-embed.min.js dvc_plots/
 	@echo "Open dvc_plots/index.html"
+
+# The manual (docs/, mkdocs.yml) as a site in site/: open site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

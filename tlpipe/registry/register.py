@@ -19,11 +19,12 @@ from mlflow.types.schema import AnyType
 import tlpipe
 from tlpipe import tags
 from tlpipe.registry.integrity import record_digests
+from tlpipe.serving import pyfunc
 from tlpipe.serving.pyfunc import IMAGE_COLUMN
 from tlpipe.training.model import load_classifier
 from tlpipe.vectors.images import load_rgb
 
-_ENTRY = Path(tlpipe.__file__).parent / "pyfunc_entry.py"
+_ENTRY = Path(pyfunc.__file__).with_name("pyfunc_entry.py")
 # Explicit requirements skip MLflow's slow inference; tlpipe itself travels as code_paths.
 # onnxruntime, onnx and onnxscript: the served model's backbone runs on onnxruntime on CPUs.
 _REQUIREMENTS = ["torch", "torchvision", "timm", "safetensors", "pillow", "pandas", "numpy",

@@ -144,7 +144,7 @@ def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback |
 def in_each_process(payload: dict) -> dict:
     """What each torchrun process runs: its share of the same fine-tuning. The payload names
     the project and either the settings or the project's params file (``params_file``, for a
-    launch by hand across hosts: README "Scale")."""
+    launch by hand across hosts: docs/scale.md)."""
     project = Path(payload["project"])
     params = (Params.model_validate(payload["params"]) if "params" in payload
               else load_params(project / payload.get("params_file", "params.yaml")))
