@@ -76,6 +76,8 @@ def test_init_makes_a_committed_project_around_the_data(pets):
     assert params["registry"]["model_name"] == "my-pets"
     assert params["data"] == {"root": "data/raw/my-pets",
                               "expected_classes": sorted(CLASSES.values()),
+                              "ignored_names": [".DS_Store", "Thumbs.db", "desktop.ini",
+                                                "__MACOSX"],
                               "state_dir": ".cache/manifest"}
     assert git("ls-files", cwd=project).split() == [
         ".dvc/.gitignore", ".dvc/config", ".dvcignore", ".gitignore", "README.md",
@@ -186,4 +188,6 @@ def test_the_wheel_carries_what_init_writes_and_the_flows(tmp_path):
     from tlpipe.ops.project import TEMPLATE_FILES
 
     assert {f"tlpipe/templates/{name}.tmpl" for name in TEMPLATE_FILES} <= names
-    assert {"tlpipe/ops/dvc_stage.py", "flows/retrain.py", "tasks/stages.py"} <= names
+    assert {"tlpipe/ops/dvc_stage.py", "tlpipe/flows/retrain.py", "tlpipe/tasks/stages.py"} <= names
+    # One importable top-level package: no `flows` or `tasks` to collide in site-packages.
+    assert {name.split("/")[0] for name in names if "dist-info" not in name} == {"tlpipe"}

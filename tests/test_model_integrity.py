@@ -88,7 +88,7 @@ def test_a_registered_version_records_its_digests_and_verifies(project, monkeypa
     registered = MlflowClient().get_model_version(name, version)
     stored = artifact_digests(stored_folder(name, version))
     assert registered.tags[tags.ARTIFACTS_SHA256] == digest_of(stored)
-    assert ENTRY in stored and f"code/tlpipe/{ENTRY}" in stored  # the code is covered
+    assert ENTRY in stored and f"code/tlpipe/serving/{ENTRY}" in stored  # the code is covered
     assert any(path.endswith(WEIGHTS_FILE) for path in stored)
     recorded = mlflow.artifacts.load_dict(
         f"runs:/{registered.run_id}/model_digests/v{version}.json")
