@@ -29,7 +29,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 || { status=$$?; \
+	  [ $$status -ne 5 ] || echo "pytest collected no tests (exit 5): a failure, not a pass" >&2; \
+	  exit $$status; }
 
 # dvc repro with this project's venv on PATH (the stages run `python -m tlpipe.ops.dvc_stage`).
 repro: $(STAMP)
