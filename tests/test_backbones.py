@@ -47,3 +47,31 @@ def test_without_network_or_file_the_error_says_what_to_do(name, monkeypatch):
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(BackboneError, match="efficientnet_lite0"):
         load_backbone("resnet9000")
+
+
+@pytest.mark.parametrize("name, input_size", [("efficientnet_lite0", 224),
+                                              ("efficientnet_lite1", 240),
+                                              ("efficientnet_lite2", 260)])
+def test_each_efficientnet_lite_size_loads_offline_with_real_weights_and_its_own_input(
+        name, input_size, demo_root):
+    """The packaged weights with their ImageNet classifier still attached see bees as bees
+    (class 309), at the size's own resolution: real weights, mapped onto the right layers."""
+    from tlpipe.vectors.backbones import EFFICIENTNET_LITE, _load_state_dict_file
+    from tlpipe.vectors.images import load_rgb
+    from tlpipe.vectors.preprocess import eval_transform
+
+    backbone = load_backbone(name)
+    assert backbone.name == name and backbone.num_features == 1280
+    assert backbone.preprocessing.input_size == input_size
+    weights = EFFICIENTNET_LITE[name]
+    classifier = timm.create_model(weights.timm_name, pretrained=False).eval()
+    classifier.load_state_dict(dict(zip(classifier.state_dict(),
+                                        _load_state_dict_file(weights.path()).values(),
+                                        strict=True)))
+    transform = eval_transform(backbone.preprocessing)
+    bees = sorted((demo_root / "val" / "bees").glob("*.jpg"))[1:4]
+    images = torch.stack([transform(load_rgb(path)) for path in bees])
+    assert images.shape[-1] == input_size
+    with torch.inference_mode():
+        top = classifier(images).argmax(1).tolist()
+    assert top.count(309) >= 2, top

@@ -128,3 +128,23 @@ def test_cli_validate_flags_the_demo_sets_gif(demo_root, tmp_path):
     result = CliRunner().invoke(app, ["validate", str(demo_root), "--params", str(params)])
     assert result.exit_code == 1
     assert "train/ants/imageNotFound.gif: format GIF" in result.output
+
+
+def test_digit_sized_greyscale_images_pass_with_the_defaults_and_a_pixel_does_not(tmp_path):
+    """28-px greyscale digits (MNIST's size), ten classes, pass the default rules; a 1-px
+    file among them fails `min_side`, named, with its size."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for digit in range(10):
+        (tmp_path / f"digit {digit}").mkdir()
+        for index in range(20):
+            pixels = (rng.random((28, 28)) * 255 * (digit + 1) / 10).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(tmp_path / f"digit {digit}" / f"{index}.png")
+    report, kept = _gate(tmp_path)
+    assert report.passed and len(kept) == 200
+    Image.new("L", (1, 1)).save(tmp_path / "digit 3" / "dot.png")
+    report, _ = _gate(tmp_path)
+    assert _failed(report) == {"min_side": ["digit 3/dot.png"]}
+    offender = next(r for r in report.failures if r.rule == "min_side").offenders[0]
+    assert offender["detail"] == "1x1 px"

