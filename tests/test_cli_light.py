@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import cli_env
 from tlpipe import tags
 
 MODEL = "light-cli"
@@ -38,7 +39,7 @@ def project(tmp_path_factory) -> Path:
     """A project whose MLflow store holds one registered version with its pipeline run."""
     project = tmp_path_factory.mktemp("light")
     (project / "mlflow").mkdir()
-    client = MlflowClient(f"sqlite:///{project}/mlflow/mlflow.db")
+    client = MlflowClient(f"sqlite:///{project}/mlflow/mlflow.db")  # not the session's store
     experiment = client.create_experiment(
         "tlpipe", artifact_location=(project / "mlflow" / "artifacts").as_uri())
     run = client.create_run(experiment)
@@ -57,7 +58,7 @@ def project(tmp_path_factory) -> Path:
 
 def run_command(project: Path, *args: str) -> tuple[int, set[str], str]:
     finished = subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES, *args], cwd=project,
-                              capture_output=True, text=True, timeout=120)
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
     output = finished.stdout + finished.stderr
     markers = [line for line in finished.stdout.splitlines() if line.startswith("MODULES")]
     assert markers, output
