@@ -39,7 +39,8 @@ def project(tmp_path_factory) -> Path:
     """A project whose MLflow store holds one registered version with its pipeline run."""
     project = tmp_path_factory.mktemp("light")
     (project / "mlflow").mkdir()
-    client = MlflowClient(f"sqlite:///{project}/mlflow/mlflow.db")  # not the session's store
+    store = f"sqlite:///{project}/mlflow/mlflow.db"  # this project's, not the session's
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     experiment = client.create_experiment(
         "tlpipe", artifact_location=(project / "mlflow" / "artifacts").as_uri())
     run = client.create_run(experiment)

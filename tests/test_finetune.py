@@ -8,9 +8,10 @@ import torch
 from tests.conftest import copy_slice
 from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.devices import CPU
-from tlpipe.training.finetune import FinetuneData, finetune, parameter_groups
+from tlpipe.training.finetune import Candidate, FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head
 from tlpipe.training.model import Classifier
+from tlpipe.training.tuning_run import TuningRun, parameter_groups
 from tlpipe.vectors.backbones import load_backbone
 
 CONFIG = FinetuneConfig(epochs=2, batch_size=4, unfreeze_blocks=2, patience=5)
@@ -56,7 +57,8 @@ def test_batchnorm_statistics_stay_bit_identical_through_an_epoch(backbone, data
 
 def test_learning_rates_shrink_deeper_and_only_the_top_blocks_train(backbone):
     model = Classifier(backbone.model, _head(backbone))
-    groups = parameter_groups(model, [list(b.parameters()) for b in backbone.blocks], CONFIG)
+    groups = parameter_groups(model, [list(b.parameters()) for b in backbone.blocks],
+                              Candidate(blocks=2, lr=1e-4), CONFIG.layer_decay)
     assert [g["lr"] for g in groups] == [1e-4, 5e-5, 2.5e-5]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for g in groups for p in g["params"]}
@@ -95,3 +97,71 @@ def test_loader_threads_change_nothing_the_model_learns(backbone, data, tmp_path
     assert runs[0].history.epochs == runs[1].history.epochs
     for key, value in runs[0].model.state_dict().items():
         assert torch.equal(value, runs[1].model.state_dict()[key]), key
+
+
+SEARCH = CONFIG.model_copy(update={"epochs": 3, "unfreeze_blocks": [1, "all"],
+                                   "lr": [1e-4, 1e-3]})
+
+
+def _same_weights(one, other):
+    return all(torch.equal(value, other.state_dict()[key])
+               for key, value in one.state_dict().items())
+
+
+def test_the_search_halves_to_one_candidate_that_ends_as_it_would_alone(backbone, data,
+                                                                       tmp_path):
+    """Four candidates train an epoch, two a second, one the third: the one chosen has the
+    lowest validation loss, and its model and curves are those of training it alone."""
+    searched = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                        tmp_path / "search.pt", CPU)
+    assert searched.epochs_run == 4 + 2 + 1 and searched.budget_note is None
+    assert sorted(row["epochs"] for row in searched.search) == [1, 1, 2, 3]
+    chosen = next(row for row in searched.search if row["outcome"] == "chosen")
+    assert chosen["epochs"] == 3 and chosen["best_val_loss"] == min(
+        row["best_val_loss"] for row in searched.search)
+    alone = finetune(backbone, _head(backbone), data,
+                     SEARCH.model_copy(update={"unfreeze_blocks": [searched.candidate.blocks],
+                                               "lr": [searched.candidate.lr]}),
+                     AugmentConfig(), 3, tmp_path / "alone.pt", CPU)
+    assert alone.search[0]["outcome"] == "chosen"
+    assert alone.history.epochs == searched.history.epochs
+    assert _same_weights(alone.model, searched.model)
+
+
+def test_a_killed_search_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
+        backbone, data, tmp_path, monkeypatch):
+    whole = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                     tmp_path / "whole.pt", CPU)
+    train_epoch, calls = TuningRun.train_epoch, []
+
+    def killed_in_the_first_round(run, forecast=None):
+        if len(calls) == 3:  # three of the four candidates have trained their first epoch
+            raise KeyboardInterrupt
+        calls.append(run.candidate)
+        return train_epoch(run, forecast)
+
+    monkeypatch.setattr(TuningRun, "train_epoch", killed_in_the_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                 tmp_path / "killed.pt", CPU)
+    monkeypatch.setattr(TuningRun, "train_epoch", train_epoch)
+    resumed = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                       tmp_path / "killed.pt", CPU)
+    assert resumed.epochs_run == 1 + 2 + 1  # the fourth first epoch, then as before
+    assert resumed.candidate == whole.candidate
+    assert resumed.history.epochs == whole.history.epochs
+    assert _same_weights(resumed.model, whole.model)
+    assert ([(row["candidate"], row["outcome"]) for row in resumed.search]
+            == [(row["candidate"], row["outcome"]) for row in whole.search])
+
+
+def test_the_budget_stops_the_search_and_says_so(backbone, data, tmp_path):
+    """A budget smaller than one epoch: the search stops before it starts, nothing trains,
+    the starting head is the model, and the result says which setting stopped it."""
+    result = finetune(backbone, _head(backbone), data,
+                      SEARCH.model_copy(update={"budget_minutes": 1e-4}), AugmentConfig(), 3,
+                      tmp_path / "budget.pt", CPU)
+    assert result.epochs_run == 0 and not result.improved
+    assert "finetune.budget_minutes (0.0001) reached: the search stopped" in result.budget_note
+    assert "reached before epoch 1" in result.budget_note
+    assert sum(row["outcome"] == "the budget ran out" for row in result.search) == 3

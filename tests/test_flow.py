@@ -109,8 +109,10 @@ def test_the_ladder_choice_and_the_fine_tune_verdict_are_recorded(trained):
 def test_second_run_reuses_every_cached_feature(trained):
     _, _, first, second = trained
     assert first["features"]["computed"] > 0
-    assert second["features"]["computed"] == 0
-    assert second["features"]["cached"] == first["features"]["computed"]
+    assert second["features"]["computed"] == second["features"]["choice_computed"] == 0
+    assert first["features"]["choice_computed"] > 0  # eval_resize: auto, both options scored
+    assert second["features"]["cached"] == (first["features"]["computed"]
+                                            + first["features"]["cached"])
 
 
 def test_each_run_writes_its_own_outputs_folder_and_leaves_the_work_tree_clean(trained):

@@ -91,7 +91,9 @@ def cluster():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, demo_root, cluster):
     project = make_project(tmp_path_factory.mktemp("ray") / "project", demo_root, {
-        "validation": {"quarantine": ["format"]}, "features": {"views": 1, "chunk_vectors": 64},
+        # eval_resize crop: the counts below are of the plan alone, which the cluster shares.
+        "validation": {"quarantine": ["format"]},
+        "features": {"views": 1, "chunk_vectors": 64, "eval_resize": "crop"},
         "cluster": {"engine": "ray", "address": cluster}})
     params = load_params(project / "params.yaml")
     manifest.compute(params, project)

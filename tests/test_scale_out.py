@@ -19,7 +19,9 @@ from tlpipe.vectors.store import FeatureStore
 def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("scale-out")
     data = copy_slice(base / "data", {"train": 14, "val": 8})
-    project = make_project(base / "project", data, {"finetune": {"epochs": 1}})
+    # eval_resize crop: the counts below are of the plan alone, which the shards share.
+    project = make_project(base / "project", data, {"finetune": {"epochs": 1},
+                                                    "features": {"eval_resize": "crop"}})
     params = load_params(project / "params.yaml")
     manifest.compute(params, project)
     validate.compute(params, project)

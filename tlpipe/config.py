@@ -221,10 +221,19 @@ class HeadConfig(Section):
     class_weighting: bool = True
 
 
+BlockCount = PositiveInt | Literal["half", "all"]
+
+
 class FinetuneConfig(Section):
+    # At most this many epochs: early stopping on validation ends sooner.
     epochs: Annotated[int, Field(ge=0)] = 3
-    unfreeze_blocks: PositiveInt = 2
-    lr: PositiveFloat = 1e-4
+    # The search: every pair of a depth (top blocks unfrozen: a number, "half" or "all" of the
+    # backbone's) and a peak learning rate is a candidate; successive halving on validation
+    # keeps the best (tlpipe.training.finetune). One of each: no search.
+    unfreeze_blocks: Annotated[list[BlockCount], Field(min_length=1)] = [2, "all"]
+    lr: Annotated[list[PositiveFloat], Field(min_length=1)] = [1e-4]
+    # The search and the training stop where the next epoch would pass this.
+    budget_minutes: PositiveFloat = 10.0
     # Each block deeper than the top one trains at lr * layer_decay ** depth.
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
@@ -241,6 +250,14 @@ class FinetuneConfig(Section):
     # each process a share of every batch, so the result matches one process).
     processes: PositiveInt = 1
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+
+    @field_validator("unfreeze_blocks", "lr", mode="before")
+    @classmethod
+    def _one_is_a_list_of_one(cls, value: object) -> object:
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(item, bool) for item in values):
+            raise ValueError(f"expected numbers, not {str(value).lower()}")
+        return values
 
 
 class EvaluationConfig(Section):

@@ -59,6 +59,7 @@ def run(
     start.prepare(show_tracebacks=options["verbose"])
     from tlpipe.promotion.lock import LockTimeout
     from tlpipe.promotion.scoring import PromotionError
+    from tlpipe.training.finetune import search_lines
     from tlpipe.training.ladder import leaderboard_lines
 
     try:
@@ -70,6 +71,9 @@ def run(
                "nothing):")
     typer.echo("\n".join(leaderboard_lines(summary["head"]["leaderboard"],
                                            settings.head.selection_metric)))
+    if len(summary["finetune"].get("search", [])) > 1:
+        typer.echo("Fine-tune candidates, halved epoch by epoch on validation data:")
+        typer.echo("\n".join(search_lines(summary["finetune"]["search"])))
     typer.echo(f"Fine-tuning {summary['finetune']['verdict']}: "
                f"{summary['finetune']['reason']}\n")
     if summary["small_test_split"]:

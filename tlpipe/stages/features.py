@@ -13,6 +13,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
 import pandas as pd
@@ -58,18 +59,24 @@ def feature_spec(params: Params, backbone: Backbone) -> FeatureSpec:
     return spec_on(params, backbone, extraction_device(params))
 
 
-def _plan(params: Params, project: Path) -> tuple[pd.DataFrame, Backbone, FeatureStore, dict]:
-    """The views to extract, with the backbone set to the evaluation preprocessing chosen
-    (``features.eval_resize``) and what the choice was based on."""
+class _Planned(NamedTuple):
+    plan: pd.DataFrame  # the views to extract
+    backbone: Backbone  # set to the evaluation preprocessing chosen (features.eval_resize)
+    store: FeatureStore
+    choice: dict  # what the choice was based on
+    choice_computed: int  # views extracted to make the choice
+
+
+def _plan(params: Params, project: Path) -> _Planned:
     manifest = load_manifest(outputs_for(params, project).validated)
     store = feature_store(params, project)
-    backbone, choice = _choose_preprocessing(params, project, manifest, store)
+    backbone, choice, choice_computed = _choose_preprocessing(params, project, manifest, store)
     plan = plan_views(manifest, params.features.views, feature_spec(params, backbone))
-    return plan, backbone, store, choice
+    return _Planned(plan, backbone, store, choice, choice_computed)
 
 
 def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
-                          store: FeatureStore) -> tuple[Backbone, dict]:
+                          store: FeatureStore) -> tuple[Backbone, dict, int]:
     """With ``auto``, each option's features of every training and validation image (never
     a test image) are scored with the cross-validated logistic probe; the best one wins,
     ``crop`` (the pretraining recipe) on a tie."""
@@ -78,20 +85,20 @@ def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
     options = ("crop", "resize") if setting == "auto" else (setting,)
     backbones = {option: dataclasses.replace(own, preprocessing=dataclasses.replace(
         own.preprocessing, resize=option)) for option in options}
-    scores = {}
+    scores, computed = {}, 0
     if len(options) > 1:
         seen = manifest[manifest["split"].isin(["train", "val"])]
         classes = class_order(seen["label"])
         for option, backbone in backbones.items():
             # One plain view of each image, as evaluation would see it under this option.
             plan = plan_views(seen.assign(split="plain"), 1, feature_spec(params, backbone))
-            _fill(params, project, plan, backbone, store)
+            computed += _fill(params, project, plan, backbone, store)["computed"]
             scores[option] = probe_score(Features.from_plan(plan, store, "plain", classes),
                                          len(classes), params.seed)
     chosen = max(options, key=lambda option: (scores.get(option, 0.0), option == "crop"))
     backbone = backbones[chosen]
     return backbone, {"eval_resize": setting, "chosen": backbone.preprocessing.to_dict(),
-                      "probe_scores": scores}
+                      "probe_scores": scores}, computed
 
 
 def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
@@ -137,7 +144,7 @@ def _extraction_work(params: Params, project: Path, preprocessing: Preprocessing
 def fill_shard(params: Params, project: Path, index: int) -> dict:
     """Fill the store for part ``index`` of ``features.shards``. Shards can run anywhere that
     shares the store, in any order; ``compute`` then finds every view cached."""
-    plan, backbone, store, _ = _plan(params, project)
+    plan, backbone, store, _, _ = _plan(params, project)
     part = shard_of(plan, index, params.features.shards)
     return {"shard": index, **_fill(params, project, part, backbone, store)}
 
@@ -146,11 +153,12 @@ def compute(params: Params, project: Path) -> dict:
     """Fill the store and write the plan (``features.views: 0``, as an audit alone runs it,
     plans the plain views only)."""
     out = outputs_for(params, project)
-    plan, backbone, store, choice = _plan(params, project)
+    plan, backbone, store, choice, choice_computed = _plan(params, project)
     stats = _fill(params, project, plan, backbone, store)
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)
-    return {"plan": str(out.plan), "preprocessing": choice, **stats}
+    return {"plan": str(out.plan), "preprocessing": choice, "choice_computed": choice_computed,
+            **stats}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -168,7 +176,8 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
             mlflow.log_metrics({f"probe_{option}": value
                                 for option, value in choice["probe_scores"].items()})
             print(f"features: eval_resize auto chose {choice['chosen']['resize']!r} "
-                  f"(logistic probe, cross-validated: {choice['probe_scores']})")
+                  f"(logistic probe, cross-validated: {choice['probe_scores']}; "
+                  f"{result['choice_computed']} plain views computed to choose)")
         if result["nodes"]:
             mlflow.log_dict(result["nodes"], "ray_nodes.json")
         print(f"features: {result['computed']} computed, {result['cached']} from the store "

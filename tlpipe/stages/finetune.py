@@ -1,5 +1,6 @@
-"""finetune: the backbone with the chosen head, top blocks unfrozen, early stopping; kept only
-if it beats the head on validation, otherwise the head on the frozen backbone is the model.
+"""finetune: the backbone with the chosen head, as deep and at the learning rate that a search
+on validation prefers (``training.finetune``), early stopping; kept only if it beats the head
+on validation, otherwise the head on the frozen backbone is the model.
 
 With ``finetune.epochs: 0``, or a k-nearest-neighbours head (nothing to train), the head on the
 frozen backbone is the model. With ``finetune.processes`` above 1 the same fine-tuning runs
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -29,7 +31,7 @@ from tlpipe.params_file import load_params
 from tlpipe.paths import Outputs, data_root, outputs_for, resolve
 from tlpipe.training.checkpoint import CHECKPOINT_FORMAT
 from tlpipe.training.distributed import DistributedError, Rank, launch
-from tlpipe.training.finetune import FinetuneData, finetune
+from tlpipe.training.finetune import FinetuneData, finetune, search_lines
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
 from tlpipe.vectors.backbones import Preprocessing, backbone_for
@@ -103,15 +105,19 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
         return {}  # under torchrun the first process writes the outputs
     save_classifier(result.model, spec, out.model_dir)
     verdict = "kept" if result.improved else "not kept"
-    reason = _reason(result.history.start, result.history.epochs, result.history.best_epoch)
+    reason = (f"{result.candidate.name}: "
+              + _reason(result.history.start, result.history.epochs, result.history.best_epoch)
+              + (f" ({result.budget_note})" if result.budget_note else ""))
     write_json(out.finetune_history, {"epochs": result.history.epochs,
                                       "best_epoch": result.history.best_epoch,
                                       "start": result.history.start,
+                                      "candidate": dataclasses.asdict(result.candidate),
+                                      "search": result.search, "budget": result.budget_note,
                                       "verdict": verdict, "reason": reason})
     return {"model_dir": str(out.model_dir), "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from_epoch, "checkpoint": str(checkpoint),
             "history": result.history.epochs, "verdict": verdict, "reason": reason,
-            "estimated_seconds": result.estimated_seconds}
+            "search": result.search, "estimated_seconds": result.estimated_seconds}
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:
@@ -165,6 +171,10 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.log_metric("epochs_run", result["epochs_run"])
         if result["estimated_seconds"] is not None:
             mlflow.log_metric("estimated_seconds", result["estimated_seconds"])
+        if len(result.get("search", [])) > 1:
+            mlflow.log_table(pd.DataFrame(result["search"]), "search.json")
+            for line in search_lines(result["search"]):
+                print(f"finetune: {line}")
         summary = f"{result['verdict']}: {result['reason']}"
         mlflow.set_tag("finetune.verdict", result["verdict"])
         MlflowClient().set_tag(context.parent_run_id, tags.FINETUNE, summary[:4000])

@@ -1,89 +1,49 @@
-"""Fine-tuning: the backbone plus its trained head, top blocks unfrozen, fastai-style.
+"""Fine-tuning as deep as the data needs: a search over how many top blocks train and at what
+learning rate, by successive halving on validation, within a time budget.
 
-Learning rates shrink with depth, BatchNorm running statistics never move (the pretrained
-statistics are better estimates than a few hundred images give), early stopping keeps the best
-epoch (``training.early_stopping``), and a checkpoint after every epoch lets a killed run
-resume exactly (``training.checkpoint``).
+Every candidate (``finetune.unfreeze_blocks`` x ``finetune.lr``) trains its first epoch; after
+each epoch the better half by validation loss goes on (an epoch counts only with no lower
+accuracy than the starting head, as early stopping counts it), until one is left, which trains
+on to early stopping or ``finetune.epochs``. Each candidate's schedule spans all the epochs, so
+the one left ends exactly as it would have trained alone. The test split is never read. When
+the next epochs would pass ``finetune.budget_minutes``, the search keeps its best candidate so
+far, and training stops where the budget ends; the result says so. A checkpoint per candidate
+and the search's state after every epoch let a killed search resume where it was.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import distributed, nn
-from torch.nn import functional
-from tqdm.auto import tqdm
 
 from tlpipe.config import AugmentConfig, FinetuneConfig
-from tlpipe.fsio import sha256_text
-from tlpipe.training import checkpoint as checkpoint_file
-from tlpipe.training.distributed import Rank
-from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
-from tlpipe.training.heads import class_weights
+from tlpipe.fsio import write_json
+from tlpipe.training.early_stopping import TrainingHistory
 from tlpipe.training.model import Classifier
-from tlpipe.vectors.augment import train_decode_side, train_transform
+from tlpipe.training.tuning_run import Candidate, FinetuneData, Forecast, TuningRun
 from tlpipe.vectors.backbones import Backbone
-from tlpipe.vectors.engines import autocast, precision_on, to_device
-from tlpipe.vectors.preprocess import (
-    GLOBAL_RNG,
-    ImageFolderRows,
-    eval_decode_side,
-    eval_transform,
-    iterate_batches,
-)
 
-
-def parameter_groups(model: Classifier, blocks: list[list[nn.Parameter]],
-                     config: FinetuneConfig) -> list[dict]:
-    """Freeze everything, then unfreeze the head and the top blocks, lr shrinking with depth."""
-    model.requires_grad_(False)
-    groups = [{"name": "head", "params": list(model.head.parameters()), "lr": config.lr}]
-    unfrozen = blocks[-config.unfreeze_blocks:]
-    for depth, block in enumerate(reversed(unfrozen), start=1):
-        groups.append({"name": f"block-{len(blocks) - depth}", "params": block,
-                       "lr": config.lr * config.layer_decay ** depth})
-    for group in groups:
-        for parameter in group["params"]:
-            parameter.requires_grad_(True)
-    return groups
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-@dataclass
-class FinetuneData:
-    root: Path
-    train_paths: list[str]
-    train_labels: list[int]
-    val_paths: list[str]
-    val_labels: list[int]
-    num_classes: int
+__all__ = ["Candidate", "FinetuneData", "FinetuneResult", "candidates_for", "finetune",
+           "search_lines"]
 
 
 @dataclass
 class FinetuneResult:
     model: Classifier  # the best epoch's, or the starting model if no epoch beat it
-    history: TrainingHistory
+    history: TrainingHistory  # the chosen candidate's epochs
     resumed_from_epoch: int | None  # the last completed epoch found in a checkpoint, if any
-    epochs_run: int  # epochs trained by this call
+    epochs_run: int  # epochs trained by this call, all candidates together
     estimated_seconds: float | None = None  # forecast from the first batches of this call
+    candidate: Candidate | None = None  # the one chosen
+    search: list[dict] = field(default_factory=list)  # every candidate: what became of it
+    budget_note: str | None = None  # set when the budget cut the search or the training
 
     @property
     def improved(self) -> bool:
@@ -91,181 +51,174 @@ class FinetuneResult:
         return self.history.best_epoch >= 0
 
 
-def sha256_seed(*parts: object) -> int:
-    return int(sha256_text(*parts)[:15], 16)
-
-
-def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfig,
-              device: torch.device, rank: Rank) -> tuple[float, float]:
-    """Validation loss and accuracy; under torch.distributed each process scores its share
-    and the sums are combined, so every process takes the same early-stopping decision."""
-    model.eval()
-    precision = precision_on(device, config.precision)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-    with torch.inference_mode():
-        order = rank.of(list(range(len(dataset))), pad=False)
-        for images, labels in iterate_batches(dataset, config.batch_size,
-                                              workers=max(config.num_workers, 1), order=order,
-                                              pin_memory=device.type == "cuda"):
-            images = to_device(images, device, config.channels_last)
-            labels = labels.to(device)
-            with autocast(device.type, precision):
-                logits = model(images).float()
-            totals += torch.tensor([
-                functional.cross_entropy(logits, labels, reduction="sum").item(),
-                (logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
-    if rank.world_size > 1:
-        distributed.all_reduce(totals)
-    loss, correct, count = totals.tolist()
-    return loss / max(count, 1), correct / max(count, 1)
+def candidates_for(config: FinetuneConfig, block_count: int) -> list[Candidate]:
+    """Every (depth, learning rate) pair of the settings, depths resolved against the
+    backbone's blocks ("half", "all", or at most all), cheapest first, without repeats."""
+    depths = []
+    for depth in config.unfreeze_blocks:
+        blocks = {"all": block_count, "half": math.ceil(block_count / 2)}.get(depth, depth)
+        depths.append(min(int(blocks), block_count))
+    return [Candidate(blocks, lr) for blocks in sorted(set(depths)) for lr in config.lr]
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
              augment: AugmentConfig | None, seed: int, checkpoint: Path, device: torch.device,
              on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
-    """Train ``epochs`` epochs with early stopping on ``device``; resume from ``checkpoint``
-    if it exists.
+    """Search the candidates and train the best on ``device``; resume from ``checkpoint``
+    (one file per candidate beside it, and the search's state) if a killed call left them.
 
-    ``checkpoint`` must be unique to this run's inputs (the caller keys it by content), so a
-    checkpoint found there always belongs to the same training run.
+    ``checkpoint`` must be unique to this call's inputs (the caller keys it by content), so a
+    checkpoint found there always belongs to the same search.
     """
-    rank, device = Rank.current(), _process_device(device)
-    precision = precision_on(device, config.precision)
-    torch.manual_seed(seed + rank.index)  # each process its own augmentation draws
-    model = Classifier(copy.deepcopy(backbone.model), copy.deepcopy(head)).to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    blocks = _matching_blocks(backbone, model.backbone)
-    groups = parameter_groups(model, blocks, config)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    batch_size = rank.batch_size(config.batch_size)
-    steps_per_epoch = math.ceil(len(rank.of(list(range(len(data.train_paths))))) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps_per_epoch * config.epochs, config.warmup_fraction))
-    weights = class_weights(torch.tensor(data.train_labels), data.num_classes).to(device)
-    # Gradients are averaged across processes after each backward pass; BatchNorm buffers
-    # are frozen and equal everywhere, so they need no broadcast.
-    forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
-               if rank.world_size > 1 else model)
-    # Without an augmentation policy, training images look as they do at evaluation.
-    preprocessing = backbone.preprocessing
-    training_view, decode_side = (
-        (train_transform(preprocessing, augment), train_decode_side(preprocessing, augment))
-        if augment is not None else (eval_transform(preprocessing),
-                                     eval_decode_side(preprocessing)))
-    val_set = ImageFolderRows.for_evaluation(data.root, data.val_paths, preprocessing,
-                                             data.val_labels)
+    candidates = candidates_for(config, len(backbone.blocks))
+    search = _SearchState.load(checkpoint, candidates)
+    runs = {candidate: TuningRun(candidate, backbone, head, data, config, augment, seed,
+                                 _candidate_checkpoint(checkpoint, candidate, len(candidates)),
+                                 device)
+            for candidate in candidates if candidate.name in search.alive}
+    started = time.perf_counter()
+    shared_start = None
+    for run in runs.values():
+        loss, accuracy, validation_s = run.start(shared_start)
+        shared_start = (loss, accuracy, validation_s) if run.resumed_from is None else None
+    alive = list(runs.values())
+    speak = alive[0].rank.index == 0
+    epochs_ahead = _epochs_ahead(alive, config)
+    forecast = Forecast(alive[0].steps_per_epoch * epochs_ahead, alive[0].validation_s,
+                        epochs_ahead, speak)
+    epochs_run, budget_notes, reported = 0, [], set()
 
-    if checkpoint.is_file():
-        resumed = checkpoint_file.restore(checkpoint, model, optimizer, scheduler,
-                                          config.patience, device)
-        stopping, history = resumed.stopping, resumed.history
-        validation_s, resumed_from = resumed.validation_seconds, resumed.epoch
-        start_epoch = resumed_from + 1
-    else:
-        # The model fine-tuning starts from is the one to beat: an epoch becomes the best only
-        # with a lower validation loss and no lower accuracy than the start.
-        started = time.perf_counter()
-        loss, accuracy = _evaluate(model, val_set, config, device, rank)
-        validation_s, resumed_from, start_epoch = time.perf_counter() - started, None, 0
-        history = TrainingHistory(start={"val_loss": loss, "val_accuracy": accuracy})
-        stopping = EarlyStopping(config.patience, copy.deepcopy(model.state_dict()), loss,
-                                 min_accuracy=accuracy)
-    if stopping.should_stop:
-        start_epoch = config.epochs  # early stopping had already ended this run
+    def over_budget(run: TuningRun) -> bool:
+        ahead = time.perf_counter() - started + _epoch_seconds(run, alive)
+        return _agreed(ahead > config.budget_minutes * 60)
 
-    epochs_run, forecast = 0, _Forecast(steps_per_epoch, config.epochs - start_epoch,
-                                        validation_s, rank.index == 0)
-    for epoch in range(start_epoch, config.epochs):
-        # Each image's augmentation draws from its own seed for this epoch, so loader threads
-        # can run ahead in any order and a run (and a resumed run) is still reproducible.
-        train_set = ImageFolderRows(data.root, data.train_paths, training_view, decode_side,
-                                    [sha256_seed(path, epoch, seed) for path in data.train_paths],
-                                    data.train_labels)
-        order = torch.randperm(len(data.train_paths),
-                               generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        batches = iterate_batches(train_set, batch_size, config.num_workers, rank.of(order),
-                                  pin_memory=device.type == "cuda")
-        train_loss = _train_epoch(
-            model, forward, tqdm(batches, desc=f"finetune epoch {epoch + 1}/{config.epochs}",
-                                 unit="batch", total=steps_per_epoch, disable=rank.index > 0),
-            optimizer, scheduler, weights, config, precision, device, forecast)
-        val_loss, val_accuracy = _evaluate(model, val_set, config, device, rank)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                  "val_accuracy": val_accuracy}
-        history.record(**record)
-        stopping.update(epoch, val_loss, val_accuracy, model.state_dict)
-        history.best_epoch = stopping.best_epoch
-        epochs_run += 1
-        if rank.index == 0:
-            checkpoint_file.save(checkpoint, epoch, model, optimizer, scheduler, stopping,
-                                 history, validation_s, device)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-        if stopping.should_stop:
+    while unfinished := [run for run in alive if not run.finished]:
+        # Candidates that a killed search left an epoch behind catch up first.
+        epoch = min(run.next_epoch for run in unfinished)
+        for run in [run for run in unfinished if run.next_epoch == epoch]:
+            if over_budget(run):
+                break
+            record = run.train_epoch(forecast)
+            epochs_run += 1
+            if on_epoch_end is not None and len(alive) == 1:
+                reported.add(record["epoch"])
+                on_epoch_end(record["epoch"], record)
+        else:
+            if len(alive) > 1:
+                survivors = _best(alive)[:math.ceil(len(alive) / 2)]
+                search.cut(alive, survivors, f"halved out after epoch {epoch + 1}")
+                alive = survivors
+            search.save(speak)
+            continue
+        budget = f"finetune.budget_minutes ({config.budget_minutes:g}) reached"
+        if len(alive) == 1:
+            budget_notes.append(f"{budget} before epoch {alive[0].next_epoch + 1}")
             break
-    model.load_state_dict(stopping.best_state)
-    model.to(memory_format=torch.contiguous_format)
-    return FinetuneResult(model.eval().cpu(), history, resumed_from, epochs_run,
-                          forecast.estimate)
+        # The best so far goes on alone, for what is left of the budget.
+        survivors = _best([run for run in alive if run.history.epochs] or alive[:1])[:1]
+        search.cut(alive, survivors, "the budget ran out")
+        alive = survivors
+        search.save(speak)
+        budget_notes.append(f"{budget}: the search stopped at {alive[0].candidate.name}")
+    chosen = _best(alive)[0]
+    if on_epoch_end is not None:  # the chosen one's epochs from before it trained alone
+        for record in chosen.history.epochs:
+            if record["epoch"] not in reported and len(candidates) > 1:
+                on_epoch_end(record["epoch"], record)
+    return FinetuneResult(chosen.best_model(), chosen.history, chosen.resumed_from, epochs_run,
+                          forecast.estimate, chosen.candidate,
+                          search.table(candidates, alive, chosen),
+                          "; ".join(budget_notes) or None)
 
 
-def _train_epoch(model: Classifier, forward: nn.Module, batches, optimizer, scheduler,
-                 weights: torch.Tensor, config: FinetuneConfig, precision: str,
-                 device: torch.device, forecast: _Forecast) -> float:
-    """One pass over the training batches; the mean training loss."""
-    model.train()
-    total, seen = 0.0, 0
-    for images, labels in batches:
-        images = to_device(images, device, config.channels_last)
-        labels = labels.to(device)
-        with GLOBAL_RNG, autocast(device.type, precision):  # dropout draws
-            logits = forward(images).float()
-        loss = functional.cross_entropy(logits, labels, weight=weights)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total, seen = total + loss.item() * len(labels), seen + len(labels)
-        forecast.batch_done()
-    return total / max(seen, 1)
+def search_lines(search: list[dict]) -> list[str]:
+    """The fine-tune search as a small table: candidate, epochs, validation, seconds, outcome."""
+    lines = [f"{'candidate':<22} {'epochs':>6} {'val loss':>9} {'val acc':>8} {'seconds':>8}  "
+             "outcome"]
+    for row in search:
+        loss, accuracy = row.get("best_val_loss"), row.get("best_val_accuracy")
+        lines.append(f"{row['candidate']:<22} {row.get('epochs', '-'):>6} "
+                     f"{'-' if loss is None else f'{loss:.4f}':>9} "
+                     f"{'-' if accuracy is None else f'{accuracy:.4f}':>8} "
+                     f"{row.get('seconds', '-'):>8}  {row['outcome']}")
+    return lines
 
 
-class _Forecast:
-    """How long the epochs left will take, from the first batches: printed once, up front."""
-
-    BATCHES = 3
-
-    def __init__(self, steps_per_epoch: int, epochs: int, validation_s: float, speak: bool):
-        self.steps, self.epochs, self.validation_s = steps_per_epoch, epochs, validation_s
-        self.speak, self.done, self.estimate = speak, 0, None
-        self.started = time.perf_counter()
-
-    def batch_done(self) -> None:
-        self.done += 1
-        if self.done != min(self.BATCHES, self.steps * self.epochs):
-            return
-        per_batch = (time.perf_counter() - self.started) / self.done
-        self.estimate = per_batch * self.steps * self.epochs + self.validation_s * self.epochs
-        if self.speak:
-            tqdm.write(f"finetune: about {self.estimate / 60:.1f} min for {self.epochs} "
-                       f"epoch(s) of {self.steps} batches ({per_batch:.2f} s a batch over the "
-                       f"first {self.done}, {self.validation_s:.1f} s a validation pass)")
+def _best(runs: list[TuningRun]) -> list[TuningRun]:
+    """Lowest validation loss first (counted as early stopping counts it); on a tie the
+    candidate listed first, the cheaper one."""
+    return sorted(runs, key=lambda run: run.best_loss)
 
 
-def _process_device(device: torch.device) -> torch.device:
-    """One GPU per process under NCCL (torchrun sets LOCAL_RANK); otherwise ``device``."""
-    if (distributed.is_available() and distributed.is_initialized()
-            and distributed.get_backend() == "nccl"):
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return device
+def _epoch_seconds(run: TuningRun, alive: list[TuningRun]) -> float:
+    """An epoch of ``run`` as measured, else as long as the slowest measured epoch of the
+    candidates beside it (deeper ones cost more), else unknown (0: the first epoch runs)."""
+    measured = [seconds for other in alive for seconds in other.seconds[-1:]]
+    return run.seconds[-1] if run.seconds else max(measured, default=0.0)
 
 
-def _matching_blocks(backbone: Backbone, copied: nn.Module) -> list[list[nn.Parameter]]:
-    """The parameters of ``copied``, grouped as ``backbone.blocks`` groups the original's."""
-    names = {id(p): n for n, p in backbone.model.named_parameters()}
-    copied_params = dict(copied.named_parameters())
-    return [[copied_params[names[id(p)]] for p in block.parameters()]
-            for block in backbone.blocks]
+def _epochs_ahead(runs: list[TuningRun], config: FinetuneConfig) -> int:
+    """Epochs left if the halving goes its whole way: the first rounds train several."""
+    alive, total, epoch = len(runs), 0, min(run.next_epoch for run in runs)
+    while epoch < config.epochs:
+        total, epoch, alive = total + alive, epoch + 1, math.ceil(alive / 2)
+    return total
+
+
+def _agreed(decision: bool) -> bool:
+    """The first process's decision, in every process (their clocks differ)."""
+    if distributed.is_available() and distributed.is_initialized():
+        shared = [decision]
+        distributed.broadcast_object_list(shared, src=0)
+        return bool(shared[0])
+    return decision
+
+
+def _candidate_checkpoint(checkpoint: Path, candidate: Candidate, count: int) -> Path:
+    if count == 1:
+        return checkpoint
+    return checkpoint.with_name(f"{checkpoint.stem}-{candidate.blocks}b-{candidate.lr:g}.pt")
+
+
+@dataclass
+class _SearchState:
+    """Which candidates are still in, and what became of the others (their row of the table,
+    outcome included): saved after every epoch, so a resumed search still reports them."""
+
+    alive: list[str]
+    out: dict[str, dict] = field(default_factory=dict)  # candidate name -> its final row
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, checkpoint: Path, candidates: list[Candidate]) -> _SearchState:
+        path = checkpoint.with_name(f"{checkpoint.stem}-search.json")
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return cls(saved["alive"], saved["out"], path=path)
+        return cls([candidate.name for candidate in candidates], path=path)
+
+    def cut(self, among: list[TuningRun], survivors: list[TuningRun], why: str) -> None:
+        for run in among:
+            if run not in survivors:
+                self.out[run.candidate.name] = _row(run, why)
+        self.alive = [run.candidate.name for run in survivors]
+
+    def save(self, writer: bool) -> None:
+        if writer:
+            write_json(self.path, {"alive": self.alive, "out": self.out})
+
+    def table(self, candidates: list[Candidate], alive: list[TuningRun],
+              chosen: TuningRun) -> list[dict]:
+        """One row per candidate, in the order of the settings."""
+        rows = {**self.out, **{run.candidate.name: _row(run, "chosen" if run is chosen
+                                                      else "out") for run in alive}}
+        return [rows[candidate.name] for candidate in candidates if candidate.name in rows]
+
+
+def _row(run: TuningRun, outcome: str) -> dict:
+    """A candidate's settings, epochs, best validation figures and seconds (this call's)."""
+    best = next((e for e in run.history.epochs if e["epoch"] == run.history.best_epoch), None)
+    return {**asdict(run.candidate), "candidate": run.candidate.name,
+            "epochs": len(run.history.epochs), "best_val_loss": run.best_loss,
+            "best_val_accuracy": best["val_accuracy"] if best else None,
+            "seconds": round(sum(run.seconds), 2), "outcome": outcome}
