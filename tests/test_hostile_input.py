@@ -18,7 +18,7 @@ from tlpipe.params_file import ConfigError, parse_params
 
 @pytest.mark.parametrize(("raw", "key", "why"), [
     ({"head": {"lr": float("inf")}}, "head.lr", "finite"),
-    ({"finetune": {"lr": float("nan")}}, "finetune.lr", "finite"),
+    ({"finetune": {"lr": float("nan")}}, "finetune.lr.0", "finite"),  # the first of the list
     ({"finetune": {"epochs": True}}, "finetune.epochs", "not true"),
     ({"seed": False}, "seed", "not false"),
     ({"registry": {"model_name": "pets' OR name LIKE '%"}}, "registry.model_name", "pattern"),

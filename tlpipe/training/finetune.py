@@ -72,16 +72,14 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     """
     candidates = candidates_for(config, len(backbone.blocks))
     search = _SearchState.load(checkpoint, candidates)
-    runs = {candidate: TuningRun(candidate, backbone, head, data, config, augment, seed,
-                                 _candidate_checkpoint(checkpoint, candidate, len(candidates)),
-                                 device)
-            for candidate in candidates if candidate.name in search.alive}
+    alive = [TuningRun(candidate, backbone, head, data, config, augment, seed,
+                       _candidate_checkpoint(checkpoint, candidate, len(candidates)), device)
+             for candidate in candidates if candidate.name in search.alive]
     started = time.perf_counter()
     shared_start = None
-    for run in runs.values():
+    for run in alive:
         loss, accuracy, validation_s = run.start(shared_start)
         shared_start = (loss, accuracy, validation_s) if run.resumed_from is None else None
-    alive = list(runs.values())
     speak = alive[0].rank.index == 0
     epochs_ahead = _epochs_ahead(alive, config)
     forecast = Forecast(alive[0].steps_per_epoch * epochs_ahead, alive[0].validation_s,
