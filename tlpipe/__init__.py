@@ -5,7 +5,7 @@ The library is grouped by the path the data takes; each folder's docstring says 
     data/       the files: manifest, validation rules, quarantine, data version, demo data
     vectors/    everything that decides a feature vector (its files are the cache key's code)
     audit/      what the embeddings say: label issues, near-copies, outliers, drift
-    training/   heads (a registry), the ladder, fine-tuning, checkpoints, the model file
+    training/   heads (a registry), the ladder, the fine-tuning search, checkpoints, the model
     reports/    validation and audit pages, augmentation preview, plots, thumbnails
     registry/   registering, versions, verified loading, lineage, reproducing
     promotion/  held-out scores, the gate, decisions, alias moves, the lock, retrain policy

@@ -1,1 +1,2 @@
-"""Heads and fine-tuning: the head registry, the ladder, the fine-tuning loop, the model file."""
+"""Heads and fine-tuning: the head registry, the ladder, the fine-tuning search and loop, the
+model file."""
