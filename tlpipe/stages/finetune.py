@@ -31,7 +31,7 @@ from tlpipe.params_file import load_params
 from tlpipe.paths import Outputs, data_root, outputs_for, resolve
 from tlpipe.training.checkpoint import CHECKPOINT_FORMAT
 from tlpipe.training.distributed import DistributedError, Rank, launch
-from tlpipe.training.finetune import FinetuneData, finetune, search_lines
+from tlpipe.training.finetune import FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
 from tlpipe.vectors.backbones import Preprocessing, backbone_for
@@ -171,10 +171,8 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.log_metric("epochs_run", result["epochs_run"])
         if result["estimated_seconds"] is not None:
             mlflow.log_metric("estimated_seconds", result["estimated_seconds"])
-        if len(result.get("search", [])) > 1:
+        if len(result.get("search", [])) > 1:  # `tlpipe run` prints it, under the heads
             mlflow.log_table(pd.DataFrame(result["search"]), "search.json")
-            for line in search_lines(result["search"]):
-                print(f"finetune: {line}")
         summary = f"{result['verdict']}: {result['reason']}"
         mlflow.set_tag("finetune.verdict", result["verdict"])
         MlflowClient().set_tag(context.parent_run_id, tags.FINETUNE, summary[:4000])

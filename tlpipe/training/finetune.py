@@ -77,9 +77,10 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
              for candidate in candidates if candidate.name in search.alive]
     started = time.perf_counter()
     shared_start = None
-    for run in alive:
-        loss, accuracy, validation_s = run.start(shared_start)
-        shared_start = (loss, accuracy, validation_s) if run.resumed_from is None else None
+    for run in alive:  # the starting head is scored once, for every candidate not resumed
+        start = run.start(shared_start)
+        if run.resumed_from is None:
+            shared_start = start
     speak = alive[0].rank.index == 0
     epochs_ahead = _epochs_ahead(alive, config)
     forecast = Forecast(alive[0].steps_per_epoch * epochs_ahead, alive[0].validation_s,
@@ -119,9 +120,9 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
         search.save(speak)
         budget_notes.append(f"{budget}: the search stopped at {alive[0].candidate.name}")
     chosen = _best(alive)[0]
-    if on_epoch_end is not None:  # the chosen one's epochs from before it trained alone
+    if on_epoch_end is not None and len(candidates) > 1:  # its epochs before it was alone
         for record in chosen.history.epochs:
-            if record["epoch"] not in reported and len(candidates) > 1:
+            if record["epoch"] not in reported:
                 on_epoch_end(record["epoch"], record)
     return FinetuneResult(chosen.best_model(), chosen.history, chosen.resumed_from, epochs_run,
                           forecast.estimate, chosen.candidate,
