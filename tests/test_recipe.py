@@ -109,3 +109,35 @@ def test_a_fine_tune_worse_than_its_head_is_not_kept(project, tmp_path):
     metrics = evaluate.compute(params, project)
     assert metrics["small_test_split"].startswith("small test split: ")
     assert "evaluation.min_test_images=30" in metrics["small_test_split"]
+
+
+@pytest.mark.slow
+def test_the_fine_tune_search_and_the_flip_choice_never_read_the_test_split(project, tmp_path):
+    """Two depths searched, then test-time flips judged: with every test label swapped for
+    another class, the same table, the same choices and the same weights."""
+    settings = {"outputs_dir": str(tmp_path / "outputs"), "head": {"candidates": ["linear"]},
+                "finetune": {"epochs": 2, "unfreeze_blocks": [1, 2], "lr": [1e-3],
+                             "checkpoint_dir": str(tmp_path / "checkpoints")},
+                "evaluation": {"tta": "auto"}}
+    params = load_params(project / "params.yaml", settings)
+    shutil.copytree(outputs_for(load_params(project / "params.yaml"), project).root,
+                    tmp_path / "outputs")
+    out = outputs_for(params, project)
+    head.compute(params, project)
+
+    def outcome() -> tuple:
+        result = finetune.compute(params, project)
+        history = json.loads(out.finetune_history.read_text())
+        search = [{k: v for k, v in row.items() if k != "seconds"} for row in result["search"]]
+        return search, history["epochs"], history["tta"], (out.model_dir / "model.safetensors"
+                                                           ).read_bytes()
+
+    first = outcome()
+    assert len(first[0]) == 2 and [row["outcome"] for row in first[0]].count("chosen") == 1
+    validated = pd.read_parquet(out.validated)
+    test = validated["split"] == "test"
+    shifted = {name: SHAPES[(i + 1) % len(SHAPES)] for i, name in enumerate(SHAPES)}
+    validated.loc[test, "label"] = validated.loc[test, "label"].map(shifted)
+    validated.to_parquet(out.validated, index=False)
+    shutil.rmtree(tmp_path / "checkpoints")  # nothing reused: the search runs again
+    assert outcome() == first

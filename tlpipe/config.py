@@ -266,6 +266,10 @@ class EvaluationConfig(Section):
     # Fewer test images than these and the figures are flagged as too noisy to trust.
     min_test_images: Annotated[int, Field(ge=0)] = 30
     min_test_per_class: Annotated[int, Field(ge=0)] = 10
+    # Test-time augmentation: "flip" averages each image's probabilities with its mirror
+    # image's (fastai's tta), in evaluation, the served model and the ONNX export alike;
+    # "auto" keeps it only where it beats the plain model on validation; "none" never.
+    tta: Literal["auto", "flip", "none"] = "auto"
 
 
 Alias = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]

@@ -14,6 +14,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.fsio import atomic_path, write_json
 from tlpipe.serving.batch import image_files
 from tlpipe.training.model import ModelSpec
+from tlpipe.training.tta import probabilities_with
 from tlpipe.vectors.images import load_rgb
 from tlpipe.vectors.preprocess import eval_transform
 
@@ -37,13 +38,17 @@ class ExportReport:
 
 
 class _Probabilities(nn.Module):
-    """The classifier with its softmax, so the ONNX graph returns what the pyfunc returns."""
+    """The classifier with its softmax and its test-time flips, so the ONNX graph returns what
+    the pyfunc returns."""
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, tta: str) -> None:
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.tta = classifier, tta
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return probabilities_with(self.tta, self._probabilities, pixels)
+
+    def _probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.classifier(pixels), dim=1)
 
 
@@ -55,7 +60,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path, check_images: l
     inputs."""
     import onnxruntime
 
-    wrapper = _Probabilities(model.eval()).eval()
+    wrapper = _Probabilities(model.eval(), spec.tta).eval()
     transform = eval_transform(spec.preprocessing_config)
     size = spec.preprocessing_config.input_size
     pixels = torch.cat([torch.stack([transform(image) for image in check_images])
@@ -85,6 +90,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path, check_images: l
                            else "shorter side resized, centre-cropped")
                         + ", normalised as below",
         "output": "probabilities, one column per class in the order of 'classes'",
+        "test_time_augmentation": spec.tta,
         "preprocessing": spec.preprocessing, "opset": OPSET,
         "max_abs_difference_vs_pytorch": difference, "tolerance": PROBABILITY_TOLERANCE,
     })

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from tlpipe.config import FeaturesConfig
 from tlpipe.training.model import Classifier, ModelSpec
+from tlpipe.training.tta import probabilities_with
 from tlpipe.vectors.backbones import Backbone, state_digest
 from tlpipe.vectors.engines import check_fidelity, engine_placement, feature_engine
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
@@ -33,15 +34,18 @@ class Scorer:
                                  else torch.contiguous_format)
         self.backbone = Backbone(spec.backbone, model.backbone, spec.num_features,
                                  spec.preprocessing_config, state_digest(model.backbone))
-        self.head, self.config = model.head.eval(), config
+        self.head, self.config, self.tta = model.head.eval(), config, spec.tta
         self.engine = feature_engine(self.backbone, config, config.engine_dir.expanduser(),
                                      device)
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         check_fidelity(self.engine, self.backbone, batch, self.config)  # once per graph
+        return probabilities_with(self.tta, self._probabilities, batch).numpy()
+
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         features = torch.from_numpy(self.engine.forward(batch))
         with torch.inference_mode():
-            return torch.softmax(self.head(features), dim=1).numpy()
+            return torch.softmax(self.head(features), dim=1)
 
 
 def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_size: int

@@ -34,7 +34,9 @@ from tlpipe.training.distributed import DistributedError, Rank, launch
 from tlpipe.training.finetune import FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
+from tlpipe.training.tta import TtaChoice, choose_tta
 from tlpipe.vectors.backbones import Preprocessing, backbone_for
+from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
 
 STAGE = __name__.rpartition(".")[2]
 EpochCallback = Callable[[int, dict], None]
@@ -50,12 +52,19 @@ def checkpoint_path(params: Params, project: Path, head_sha256: str, data_finger
     return resolve(project, params.finetune.checkpoint_dir) / key[:16] / "last.pt"
 
 
-def _head_only(reason: str, model: Classifier, spec: ModelSpec, out: Outputs) -> dict:
-    save_classifier(model.eval(), spec, out.model_dir)
+def _save(model: Classifier, spec: ModelSpec, tta: TtaChoice, out: Outputs) -> None:
+    save_classifier(model.eval(), dataclasses.replace(spec, tta=tta.tta), out.model_dir)
+
+
+def _head_only(reason: str, model: Classifier, spec: ModelSpec, tta: TtaChoice,
+               out: Outputs) -> dict:
+    _save(model, spec, tta, out)
     write_json(out.finetune_history, {"epochs": [], "best_epoch": -1, "skipped": True,
-                                      "verdict": "skipped", "reason": reason})
+                                      "verdict": "skipped", "reason": reason,
+                                      "tta": tta.to_dict()})
     return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
-            "history": [], "verdict": "skipped", "reason": reason, "estimated_seconds": None}
+            "history": [], "verdict": "skipped", "reason": reason, "estimated_seconds": None,
+            "tta": tta.to_dict()}
 
 
 def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = None) -> dict:
@@ -75,15 +84,6 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                      classes=classes, head=head_spec.to_dict(),
                      preprocessing=backbone.preprocessing.to_dict())
     head_model = Classifier(backbone.model, head)
-    if params.finetune.epochs == 0:
-        return _head_only("finetune.epochs is 0", head_model, spec, out)
-    if not head_spec.fine_tunable:
-        return _head_only(f"the chosen head ({chosen['candidate']}) has no weights to "
-                          "fine-tune", head_model, spec, out)
-
-    rank = Rank.current()
-    if params.finetune.processes > 1 and rank.world_size == 1:
-        return _under_torchrun(params, project, on_epoch_end)
 
     def rows(split: str) -> tuple[list[str], list[int]]:
         part = validated[validated["split"] == split]
@@ -93,6 +93,24 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     val_paths, val_labels = rows("val")
     data = FinetuneData(data_root(params, project), train_paths, train_labels, val_paths,
                         val_labels, len(classes))
+
+    def tta_for(model: Classifier) -> TtaChoice:
+        val_rows = ImageFolderRows.for_evaluation(data.root, val_paths, backbone.preprocessing,
+                                                  val_labels)
+        return choose_tta(params.evaluation.tta, model,
+                          lambda: iterate_batches(val_rows, params.evaluation.batch_size,
+                                                  params.finetune.num_workers),
+                          resolve_device(params.device))
+
+    skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
+            None if head_spec.fine_tunable else
+            f"the chosen head ({chosen['candidate']}) has no weights to fine-tune")
+    if skip:
+        return _head_only(skip, head_model, spec, tta_for(head_model), out)
+
+    rank = Rank.current()
+    if params.finetune.processes > 1 and rank.world_size == 1:
+        return _under_torchrun(params, project, on_epoch_end)
     # Fine-tuning augments its images only if the chosen head was fitted on augmented views.
     augmented = chosen["settings"].get("views") == "augmented"
     checkpoint = checkpoint_path(params, project, file_sha256(out.head_weights),
@@ -103,7 +121,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                       resolve_device(params.device), on_epoch_end)
     if rank.index > 0:
         return {}  # under torchrun the first process writes the outputs
-    save_classifier(result.model, spec, out.model_dir)
+    tta = tta_for(result.model)
+    _save(result.model, spec, tta, out)
     verdict = "kept" if result.improved else "not kept"
     reason = (f"{result.candidate.name}: "
               + _reason(result.history.start, result.history.epochs, result.history.best_epoch)
@@ -113,11 +132,13 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                                       "start": result.history.start,
                                       "candidate": dataclasses.asdict(result.candidate),
                                       "search": result.search, "budget": result.budget_note,
-                                      "verdict": verdict, "reason": reason})
+                                      "verdict": verdict, "reason": reason,
+                                      "tta": tta.to_dict()})
     return {"model_dir": str(out.model_dir), "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from_epoch, "checkpoint": str(checkpoint),
             "history": result.history.epochs, "verdict": verdict, "reason": reason,
-            "search": result.search, "estimated_seconds": result.estimated_seconds}
+            "search": result.search, "estimated_seconds": result.estimated_seconds,
+            "tta": tta.to_dict()}
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:
@@ -177,4 +198,8 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.set_tag("finetune.verdict", result["verdict"])
         MlflowClient().set_tag(context.parent_run_id, tags.FINETUNE, summary[:4000])
         print(f"finetune: {summary}")
+        tta = result["tta"]
+        mlflow.set_tag("tta", tta["tta"])
+        print(f"finetune: test-time flips {'on' if tta['tta'] == 'flip' else 'off'}: "
+              f"{tta['reason']}")
         return {k: v for k, v in result.items() if k != "history"}

@@ -44,6 +44,7 @@ class ModelSpec:
     classes: list[str]
     head: dict  # HeadSpec fields: what shapes the head
     preprocessing: dict
+    tta: str = "none"  # "flip": probabilities averaged with the mirror image's (training.tta)
 
     @property
     def preprocessing_config(self) -> Preprocessing:

@@ -1,0 +1,77 @@
+"""Test-time augmentation: each image scored with its mirror image, kept only where that beats
+the plain model on validation (fastai's ``tta``, without its random crops).
+
+Evaluation, the served model and the ONNX export all score through ``probabilities_with``
+with the model's own ``tta`` (``ModelSpec.tta``), so what validation chose is what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Probabilities = Callable[[torch.Tensor], torch.Tensor]
+
+
+def probabilities_with(tta: str, probabilities: Probabilities, images: torch.Tensor
+                       ) -> torch.Tensor:
+    """Class probabilities of an image batch (NCHW); with ``tta`` "flip", the mean of the
+    images' and their left-right mirror images'."""
+    if tta == "none":
+        return probabilities(images)
+    if tta == "flip":
+        return (probabilities(images) + probabilities(images.flip(-1))) / 2
+    raise ValueError(f"test-time augmentation {tta!r}: expected 'none' or 'flip'")
+
+
+@dataclass(frozen=True)
+class TtaChoice:
+    tta: str  # what the model does: "none" or "flip"
+    reason: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # on validation, by tta
+
+    def to_dict(self) -> dict:
+        return {"tta": self.tta, "reason": self.reason, "scores": self.scores}
+
+
+def choose_tta(setting: str, model: nn.Module,
+               val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+               device: torch.device) -> TtaChoice:
+    """``setting`` "flip" or "none" as given; "auto": "flip" only if it scores a lower
+    validation loss and no lower accuracy than the plain model on ``val_batches()`` (the rule
+    early stopping applies to an epoch), else "none"."""
+    if setting != "auto":
+        return TtaChoice(setting, f"evaluation.tta is {setting}")
+    plain, flipped, labels = [], [], []
+    model.eval().to(device)
+    try:
+        with torch.inference_mode():
+            for images, targets in val_batches():
+                images = images.to(device)
+                plain.append(torch.softmax(model(images).float(), dim=1).cpu())
+                flipped.append(torch.softmax(model(images.flip(-1)).float(), dim=1).cpu())
+                labels.append(targets)
+    finally:
+        model.cpu()
+    if not labels:
+        return TtaChoice("none", "no validation images to judge test-time flips on")
+    truth = torch.cat(labels)
+    plain_p = torch.cat(plain)
+    scores = {"none": _scores(plain_p, truth),
+              "flip": _scores((plain_p + torch.cat(flipped)) / 2, truth)}
+    better = (scores["flip"]["val_loss"] < scores["none"]["val_loss"]
+              and scores["flip"]["val_accuracy"] >= scores["none"]["val_accuracy"])
+    figures = "; ".join(f"{name}: val loss {score['val_loss']:.4f}, accuracy "
+                        f"{score['val_accuracy']:.4f}" for name, score in scores.items())
+    return TtaChoice("flip" if better else "none",
+                     ("flips help on validation" if better
+                      else "flips do not help on validation") + f" ({figures})", scores)
+
+
+def _scores(probabilities: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    picked = probabilities[torch.arange(len(truth)), truth].clamp(min=1e-12)
+    return {"val_loss": float(-picked.log().mean()),
+            "val_accuracy": float((probabilities.argmax(1) == truth).float().mean())}
