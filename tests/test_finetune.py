@@ -55,6 +55,27 @@ def test_batchnorm_statistics_stay_bit_identical_through_an_epoch(backbone, data
                if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def test_batchnorm_train_re_estimates_the_statistics_of_the_unfrozen_blocks_only(
+        backbone, data, tmp_path):
+    config = CONFIG.model_copy(update={"epochs": 1, "batchnorm": "train"})
+    candidate = Candidate(blocks=2, lr=1e-4, batchnorm="train")
+    assert candidate.name == "2 blocks, lr 0.0001, BN train"
+    run = TuningRun(candidate, backbone, _head(backbone), data, config, AugmentConfig(), 0,
+                    tmp_path / "ck.pt", CPU)
+    run.start()
+    run.train_epoch()
+    names = {id(module): name for name, module in backbone.model.named_modules()}
+    unfrozen = {names[id(module)] for block in backbone.blocks[-2:] for module in block.modules()
+                if isinstance(module, torch.nn.BatchNorm2d)}
+    before, after = backbone.model.state_dict(), run.model.backbone.state_dict()
+    moved = {key.rpartition(".")[0] for key in before if key.endswith("running_mean")
+             and not torch.equal(before[key], after[key])}
+    assert moved == unfrozen and len(unfrozen) >= 2
+    run.model.train()  # a finished model's BatchNorm layers are in eval mode again
+    assert all(not m.training for m in run.model.backbone.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_learning_rates_shrink_deeper_and_only_the_top_blocks_train(backbone):
     model = Classifier(backbone.model, _head(backbone))
     groups = parameter_groups(model, [list(b.parameters()) for b in backbone.blocks],

@@ -232,6 +232,9 @@ class FinetuneConfig(Section):
     # keeps the best (tlpipe.training.finetune). One of each: no search.
     unfreeze_blocks: Annotated[list[BlockCount], Field(min_length=1)] = [2, "all"]
     lr: Annotated[list[PositiveFloat], Field(min_length=1)] = [1e-4]
+    # BatchNorm in the unfrozen blocks: "frozen" keeps the pretrained statistics, "train"
+    # re-estimates them on this data (data far from ImageNet can need it); both: searched.
+    batchnorm: Annotated[list[Literal["frozen", "train"]], Field(min_length=1)] = ["frozen"]
     # The search and the training stop where the next epoch would pass this.
     budget_minutes: PositiveFloat = 10.0
     # Each block deeper than the top one trains at lr * layer_decay ** depth.
@@ -251,12 +254,12 @@ class FinetuneConfig(Section):
     processes: PositiveInt = 1
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
 
-    @field_validator("unfreeze_blocks", "lr", mode="before")
+    @field_validator("unfreeze_blocks", "lr", "batchnorm", mode="before")
     @classmethod
     def _one_is_a_list_of_one(cls, value: object) -> object:
         values = value if isinstance(value, list | tuple) else [value]
         if any(isinstance(item, bool) for item in values):
-            raise ValueError(f"expected numbers, not {str(value).lower()}")
+            raise ValueError(f"expected numbers or names, not {str(value).lower()}")
         return values
 
 

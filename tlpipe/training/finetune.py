@@ -52,13 +52,15 @@ class FinetuneResult:
 
 
 def candidates_for(config: FinetuneConfig, block_count: int) -> list[Candidate]:
-    """Every (depth, learning rate) pair of the settings, depths resolved against the
-    backbone's blocks ("half", "all", or at most all), cheapest first, without repeats."""
+    """Every (depth, learning rate, BatchNorm) combination of the settings, depths resolved
+    against the backbone's blocks ("half", "all", or at most all), cheapest first, without
+    repeats."""
     depths = []
     for depth in config.unfreeze_blocks:
         blocks = {"all": block_count, "half": math.ceil(block_count / 2)}.get(depth, depth)
         depths.append(min(int(blocks), block_count))
-    return [Candidate(blocks, lr) for blocks in sorted(set(depths)) for lr in config.lr]
+    return [Candidate(blocks, lr, norm) for blocks in sorted(set(depths)) for lr in config.lr
+            for norm in dict.fromkeys(config.batchnorm)]
 
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
@@ -176,7 +178,8 @@ def _agreed(decision: bool) -> bool:
 def _candidate_checkpoint(checkpoint: Path, candidate: Candidate, count: int) -> Path:
     if count == 1:
         return checkpoint
-    return checkpoint.with_name(f"{checkpoint.stem}-{candidate.blocks}b-{candidate.lr:g}.pt")
+    norms = "-bn" if candidate.batchnorm == "train" else ""
+    return checkpoint.with_name(f"{checkpoint.stem}-{candidate.blocks}b-{candidate.lr:g}{norms}.pt")
 
 
 @dataclass

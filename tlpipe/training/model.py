@@ -16,7 +16,7 @@ from tlpipe.vectors.backbones import Preprocessing, build_architecture
 
 WEIGHTS_FILE, SPEC_FILE = "model.safetensors", "model.json"
 
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class Classifier(nn.Module):
@@ -32,7 +32,7 @@ class Classifier(nn.Module):
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
         for module in self.backbone.modules():
-            if isinstance(module, _BATCHNORM):
+            if isinstance(module, BATCHNORM):
                 module.eval()
         return self
 

@@ -29,7 +29,7 @@ from tlpipe.training import checkpoint as checkpoint_file
 from tlpipe.training.distributed import Rank
 from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 from tlpipe.training.heads import class_weights
-from tlpipe.training.model import Classifier
+from tlpipe.training.model import BATCHNORM, Classifier
 from tlpipe.vectors.augment import train_decode_side, train_transform
 from tlpipe.vectors.backbones import Backbone
 from tlpipe.vectors.engines import autocast, precision_on, to_device
@@ -48,10 +48,14 @@ class Candidate:
 
     blocks: int  # top blocks unfrozen (the head always trains)
     lr: float  # the head's peak learning rate; each deeper block gets layer_decay times less
+    # "frozen": the unfrozen blocks' BatchNorm layers keep their pretrained statistics;
+    # "train": they normalise by each batch's and re-estimate their running statistics.
+    batchnorm: str = "frozen"
 
     @property
     def name(self) -> str:
-        return f"{self.blocks} block{'s' if self.blocks != 1 else ''}, lr {self.lr:g}"
+        return (f"{self.blocks} block{'s' if self.blocks != 1 else ''}, lr {self.lr:g}"
+                + (", BN train" if self.batchnorm == "train" else ""))
 
 
 @dataclass
@@ -113,10 +117,15 @@ class TuningRun:
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        blocks = _matching_blocks(backbone, model.backbone)
+        blocks = _matching(backbone, model.backbone)
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, blocks, candidate, config.layer_decay),
+            parameter_groups(model, [list(block.parameters()) for block in blocks], candidate,
+                             config.layer_decay),
             weight_decay=config.weight_decay)
+        # Classifier.train() keeps every BatchNorm layer in eval mode; these go to train mode.
+        self.training_norms = ([module for block in blocks[-candidate.blocks:]
+                                for module in block.modules() if isinstance(module, BATCHNORM)]
+                               if candidate.batchnorm == "train" else [])
         self.batch_size = self.rank.batch_size(config.batch_size)
         train_count = len(self.rank.of(list(range(len(data.train_paths)))))
         self.steps_per_epoch = math.ceil(train_count / self.batch_size)
@@ -124,9 +133,11 @@ class TuningRun:
             self.steps_per_epoch * config.epochs, config.warmup_fraction))
         self.weights = class_weights(torch.tensor(data.train_labels),
                                      data.num_classes).to(self.device)
-        # Gradients are averaged across processes after each backward pass; BatchNorm buffers
-        # are frozen and equal everywhere, so they need no broadcast.
-        self.forward = (nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
+        # Gradients are averaged across processes after each backward pass. Frozen BatchNorm
+        # buffers are equal everywhere; trained ones are the first process's, broadcast before
+        # each forward pass (so more processes are not bit-identical to one).
+        self.forward = (nn.parallel.DistributedDataParallel(
+            model, forward_sync_buffers=bool(self.training_norms))
                         if self.rank.world_size > 1 else model)
         # Without an augmentation policy, training images look as they do at evaluation.
         preprocessing = backbone.preprocessing
@@ -262,6 +273,8 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
 def _train_epoch(run: TuningRun, batches, forecast: Forecast | None) -> float:
     """One pass over the training batches; the mean training loss."""
     run.model.train()
+    for norm in run.training_norms:
+        norm.train()
     total, seen = 0.0, 0
     for images, labels in batches:
         images = to_device(images, run.device, run.config.channels_last)
@@ -313,9 +326,14 @@ def _process_device(device: torch.device) -> torch.device:
     return device
 
 
-def _matching_blocks(backbone: Backbone, copied: nn.Module) -> list[list[nn.Parameter]]:
-    """The parameters of ``copied``, grouped as ``backbone.blocks`` groups the original's."""
-    names = {id(p): n for n, p in backbone.model.named_parameters()}
-    copied_params = dict(copied.named_parameters())
-    return [[copied_params[names[id(p)]] for p in block.parameters()]
+def _matching(backbone: Backbone, copied: nn.Module) -> list[nn.ModuleList]:
+    """Each of ``backbone.blocks`` as the same modules of ``copied``, a copy of
+    ``backbone.model``: the block itself, or its parts where the block only groups them
+    (EfficientNet's stem and head)."""
+    names = {id(module): name for name, module in backbone.model.named_modules()}
+
+    def parts(block: nn.Module) -> list[nn.Module]:
+        return [block] if id(block) in names else list(block.children())
+
+    return [nn.ModuleList(copied.get_submodule(names[id(part)]) for part in parts(block))
             for block in backbone.blocks]
