@@ -51,14 +51,14 @@ def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_auto_keeps_flips_only_where_they_beat_the_plain_model_on_validation():
     device = torch.device("cpu")
-    helped = choose_tta("auto", LeftHalfDetector(), blobs, device)
+    helped = choose_tta("auto", LeftHalfDetector(), blobs, device, 2)
     assert helped.tta == "flip", helped.reason
     assert helped.scores["flip"]["val_accuracy"] == 1.0
     assert helped.scores["none"]["val_accuracy"] == 0.75  # the right-hand blobs are missed
-    unchanged = choose_tta("auto", MeanBrightness(), blobs, device)
+    unchanged = choose_tta("auto", MeanBrightness(), blobs, device, 2)
     assert unchanged.tta == "none" and "do not help" in unchanged.reason
-    assert choose_tta("flip", MeanBrightness(), blobs, device).tta == "flip"
-    assert choose_tta("auto", LeftHalfDetector(), list, device).tta == "none"  # no images
+    assert choose_tta("flip", MeanBrightness(), blobs, device, 2).tta == "flip"
+    assert choose_tta("auto", LeftHalfDetector(), list, device, 2).tta == "none"  # no images
 
 
 def test_flip_averages_an_image_and_its_mirror():

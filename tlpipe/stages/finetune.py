@@ -100,7 +100,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
         return choose_tta(params.evaluation.tta, model,
                           lambda: iterate_batches(val_rows, params.evaluation.batch_size,
                                                   params.finetune.num_workers),
-                          resolve_device(params.device))
+                          resolve_device(params.device), len(classes),
+                          params.head.selection_metric)
 
     skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
             None if head_spec.fine_tunable else
@@ -118,7 +119,7 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                                  augmented)
     result = finetune(backbone, head, data, params.finetune,
                       params.augment if augmented else None, params.seed, checkpoint,
-                      resolve_device(params.device), on_epoch_end)
+                      resolve_device(params.device), on_epoch_end, params.head.selection_metric)
     if rank.index > 0:
         return {}  # under torchrun the first process writes the outputs
     tta = tta_for(result.model)
@@ -142,13 +143,16 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:
-    head = f"val loss {start['val_loss']:.4f}, accuracy {start['val_accuracy']:.4f}"
+    def figures(record: dict) -> str:
+        return (f"val loss {record['val_loss']:.4f}, accuracy {record['val_accuracy']:.4f}, "
+                f"macro-F1 {record['val_macro_f1']:.4f}")
+
     if best_epoch < 0:
-        return (f"no epoch beat the head on validation (head: {head}); the head on the frozen "
-                "backbone is the model")
+        return (f"no epoch beat the head on validation (head: {figures(start)}); the head on "
+                "the frozen backbone is the model")
     best = next(record for record in epochs if record["epoch"] == best_epoch)
-    return (f"epoch {best_epoch + 1} beat the head on validation: val loss "
-            f"{best['val_loss']:.4f}, accuracy {best['val_accuracy']:.4f} (head: {head})")
+    return (f"epoch {best_epoch + 1} beat the head on validation: {figures(best)} (head: "
+            f"{figures(start)})")
 
 
 def _under_torchrun(params: Params, project: Path, on_epoch_end: EpochCallback | None) -> dict:

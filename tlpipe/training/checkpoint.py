@@ -15,7 +15,7 @@ from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 
 # What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
 # checkpoint written by another version of this module is never found, let alone misread.
-CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMAT = 5
 
 
 @dataclass
@@ -36,7 +36,8 @@ def save(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimi
     state = {
         "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "best_model": stopping.best_state,
-        "best_loss": stopping.best_loss, "stale": stopping.stale, "history": history.epochs,
+        "best_loss": stopping.best_loss, "min_score": stopping.min_score,
+        "stale": stopping.stale, "history": history.epochs,
         "best_epoch": stopping.best_epoch, "trainable": trainable_names(model),
         "rng": torch.get_rng_state(), "start": history.start,
         # Dropout on a GPU draws from the GPU's generator.
@@ -63,7 +64,7 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     start = state["start"]
     stopping = EarlyStopping(patience, state["best_model"], state["best_loss"],
-                             min_accuracy=start["val_accuracy"], stale=state["stale"],
+                             min_score=state["min_score"], stale=state["stale"],
                              best_epoch=state["best_epoch"])
     return Resumed(state["epoch"], stopping,
                    TrainingHistory(state["history"], state["best_epoch"], start),

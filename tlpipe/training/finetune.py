@@ -1,9 +1,10 @@
 """Fine-tuning as deep as the data needs: a search over how many top blocks train and at what
 learning rate, by successive halving on validation, within a time budget.
 
-Every candidate (``finetune.unfreeze_blocks`` x ``finetune.lr``) trains its first epoch; after
-each epoch the better half by validation loss goes on (an epoch counts only with no lower
-accuracy than the starting head, as early stopping counts it), until one is left, which trains
+Every candidate (``finetune.unfreeze_blocks`` x ``finetune.lr`` x ``finetune.batchnorm``) trains
+its first epoch; after each epoch the better half by class-balanced validation loss goes on (an
+epoch counts only with no lower selection metric, macro-F1 by default, than the starting head,
+as early stopping counts it), until one is left, which trains
 on to early stopping or ``finetune.epochs``. Each candidate's schedule spans all the epochs, so
 the one left ends exactly as it would have trained alone. The test split is never read. When
 the next epochs would pass ``finetune.budget_minutes``, the search keeps its best candidate so
@@ -65,7 +66,8 @@ def candidates_for(config: FinetuneConfig, block_count: int) -> list[Candidate]:
 
 def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: FinetuneConfig,
              augment: AugmentConfig | None, seed: int, checkpoint: Path, device: torch.device,
-             on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneResult:
+             on_epoch_end: Callable[[int, dict], None] | None = None,
+             selection_metric: str = "macro_f1") -> FinetuneResult:
     """Search the candidates and train the best on ``device``; resume from ``checkpoint``
     (one file per candidate beside it, and the search's state) if a killed call left them.
 
@@ -75,7 +77,8 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
     candidates = candidates_for(config, len(backbone.blocks))
     search = _SearchState.load(checkpoint, candidates)
     alive = [TuningRun(candidate, backbone, head, data, config, augment, seed,
-                       _candidate_checkpoint(checkpoint, candidate, len(candidates)), device)
+                       _candidate_checkpoint(checkpoint, candidate, len(candidates)), device,
+                       selection_metric)
              for candidate in candidates if candidate.name in search.alive]
     started = time.perf_counter()
     shared_start = None
@@ -134,13 +137,17 @@ def finetune(backbone: Backbone, head: nn.Module, data: FinetuneData, config: Fi
 
 def search_lines(search: list[dict]) -> list[str]:
     """The fine-tune search as a small table: candidate, epochs, validation, seconds, outcome."""
-    lines = [f"{'candidate':<22} {'epochs':>6} {'val loss':>9} {'val acc':>8} {'seconds':>8}  "
-             "outcome"]
+    lines = [f"{'candidate':<31} {'epochs':>6} {'val loss':>9} {'val acc':>8} {'val F1':>8} "
+             f"{'seconds':>8}  outcome"]
+
+    def figure(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for row in search:
-        loss, accuracy = row.get("best_val_loss"), row.get("best_val_accuracy")
-        lines.append(f"{row['candidate']:<22} {row.get('epochs', '-'):>6} "
-                     f"{'-' if loss is None else f'{loss:.4f}':>9} "
-                     f"{'-' if accuracy is None else f'{accuracy:.4f}':>8} "
+        lines.append(f"{row['candidate']:<31} {row.get('epochs', '-'):>6} "
+                     f"{figure(row.get('best_val_loss')):>9} "
+                     f"{figure(row.get('best_val_accuracy')):>8} "
+                     f"{figure(row.get('best_val_macro_f1')):>8} "
                      f"{row.get('seconds', '-'):>8}  {row['outcome']}")
     return lines
 
@@ -223,4 +230,5 @@ def _row(run: TuningRun, outcome: str) -> dict:
     return {**asdict(run.candidate), "candidate": run.candidate.name,
             "epochs": len(run.history.epochs), "best_val_loss": run.best_loss,
             "best_val_accuracy": best["val_accuracy"] if best else None,
+            "best_val_macro_f1": best.get("val_macro_f1") if best else None,
             "seconds": round(sum(run.seconds), 2), "outcome": outcome}

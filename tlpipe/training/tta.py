@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tlpipe.training.early_stopping import ValidationScores
+
 Probabilities = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -39,39 +41,36 @@ class TtaChoice:
 
 def choose_tta(setting: str, model: nn.Module,
                val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-               device: torch.device) -> TtaChoice:
+               device: torch.device, num_classes: int, selection_metric: str = "macro_f1"
+               ) -> TtaChoice:
     """``setting`` "flip" or "none" as given; "auto": "flip" only if it scores a lower
-    validation loss and no lower accuracy than the plain model on ``val_batches()`` (the rule
-    early stopping applies to an epoch), else "none"."""
+    class-balanced validation loss and no lower ``selection_metric`` than the plain model on
+    ``val_batches()`` (the rule early stopping applies to an epoch), else "none"."""
     if setting != "auto":
         return TtaChoice(setting, f"evaluation.tta is {setting}")
-    plain, flipped, labels = [], [], []
+    scores = {"none": ValidationScores(num_classes), "flip": ValidationScores(num_classes)}
     model.eval().to(device)
     try:
         with torch.inference_mode():
-            for images, targets in val_batches():
+            for images, truth in val_batches():
                 images = images.to(device)
-                plain.append(torch.softmax(model(images).float(), dim=1).cpu())
-                flipped.append(torch.softmax(model(images.flip(-1)).float(), dim=1).cpu())
-                labels.append(targets)
+                plain = torch.softmax(model(images).float(), dim=1).cpu()
+                flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).cpu()
+                for name, probabilities in (("none", plain), ("flip", (plain + flipped) / 2)):
+                    picked = probabilities[torch.arange(len(truth)), truth]
+                    scores[name].add(-picked.clamp(min=1e-12).log(), probabilities.argmax(1),
+                                     truth)
     finally:
         model.cpu()
-    if not labels:
+    if not scores["none"].totals.any():
         return TtaChoice("none", "no validation images to judge test-time flips on")
-    truth = torch.cat(labels)
-    plain_p = torch.cat(plain)
-    scores = {"none": _scores(plain_p, truth),
-              "flip": _scores((plain_p + torch.cat(flipped)) / 2, truth)}
-    better = (scores["flip"]["val_loss"] < scores["none"]["val_loss"]
-              and scores["flip"]["val_accuracy"] >= scores["none"]["val_accuracy"])
-    figures = "; ".join(f"{name}: val loss {score['val_loss']:.4f}, accuracy "
-                        f"{score['val_accuracy']:.4f}" for name, score in scores.items())
+    figures = {name: score.figures() for name, score in scores.items()}
+    key = f"val_{selection_metric}"
+    better = (figures["flip"]["val_loss"] < figures["none"]["val_loss"]
+              and figures["flip"][key] >= figures["none"][key])
+    shown = "; ".join(f"{name}: val loss {score['val_loss']:.4f}, accuracy "
+                      f"{score['val_accuracy']:.4f}, macro-F1 {score['val_macro_f1']:.4f}"
+                      for name, score in figures.items())
     return TtaChoice("flip" if better else "none",
                      ("flips help on validation" if better
-                      else "flips do not help on validation") + f" ({figures})", scores)
-
-
-def _scores(probabilities: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    picked = probabilities[torch.arange(len(truth)), truth].clamp(min=1e-12)
-    return {"val_loss": float(-picked.log().mean()),
-            "val_accuracy": float((probabilities.argmax(1) == truth).float().mean())}
+                      else "flips do not help on validation") + f" ({shown})", figures)

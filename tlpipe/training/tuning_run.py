@@ -27,7 +27,7 @@ from tlpipe.config import AugmentConfig, FinetuneConfig
 from tlpipe.fsio import sha256_text
 from tlpipe.training import checkpoint as checkpoint_file
 from tlpipe.training.distributed import Rank
-from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
+from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory, ValidationScores
 from tlpipe.training.heads import class_weights
 from tlpipe.training.model import BATCHNORM, Classifier
 from tlpipe.vectors.augment import train_decode_side, train_transform
@@ -106,8 +106,10 @@ class TuningRun:
 
     def __init__(self, candidate: Candidate, backbone: Backbone, head: nn.Module,
                  data: FinetuneData, config: FinetuneConfig, augment: AugmentConfig | None,
-                 seed: int, checkpoint: Path, device: torch.device):
+                 seed: int, checkpoint: Path, device: torch.device,
+                 selection_metric: str = "macro_f1"):
         self.candidate, self.data, self.config, self.seed = candidate, data, config, seed
+        self.score_key = f"val_{selection_metric}"
         self.checkpoint, self.rank = checkpoint, Rank.current()
         self.device = _process_device(device)
         self.precision = precision_on(self.device, config.precision)
@@ -152,11 +154,10 @@ class TuningRun:
         self.validation_s, self.resumed_from, self.next_epoch = 0.0, None, 0
         self.seconds: list[float] = []  # each epoch trained by this process, validation included
 
-    def start(self, shared_start: tuple[float, float, float] | None = None
-              ) -> tuple[float, float, float]:
+    def start(self, shared_start: tuple[dict, float] | None = None) -> tuple[dict, float]:
         """Resume from the checkpoint, or score the starting model (the head on the frozen
         backbone, the same for every candidate: ``shared_start`` passes it on). Returns the
-        start's (loss, accuracy, seconds)."""
+        start's validation figures and the seconds a validation pass took."""
         if self.checkpoint.is_file():
             resumed = checkpoint_file.restore(self.checkpoint, self.model, self.optimizer,
                                               self.scheduler, self.config.patience,
@@ -165,19 +166,18 @@ class TuningRun:
             self.stopping, self.history = resumed.stopping, resumed.history
             self.validation_s, self.resumed_from = resumed.validation_seconds, resumed.epoch
             self.next_epoch = resumed.epoch + 1
-            start = self.history.start
-            return start["val_loss"], start["val_accuracy"], self.validation_s
+            return self.history.start, self.validation_s
         if shared_start is None:
             started = time.perf_counter()
-            loss, accuracy = _evaluate(self.model, self.val_set, self.config, self.device,
-                                       self.rank)
-            shared_start = (loss, accuracy, time.perf_counter() - started)
-        loss, accuracy, self.validation_s = shared_start
+            figures = _evaluate(self.model, self.val_set, self.config, self.device, self.rank,
+                                self.data.num_classes)
+            shared_start = (figures, time.perf_counter() - started)
+        figures, self.validation_s = shared_start
         # The model fine-tuning starts from is the one to beat: an epoch becomes the best only
-        # with a lower validation loss and no lower accuracy than the start.
-        self.history = TrainingHistory(start={"val_loss": loss, "val_accuracy": accuracy})
+        # with a lower validation loss and no lower selection metric than the start.
+        self.history = TrainingHistory(start=dict(figures))
         self.stopping = EarlyStopping(self.config.patience, copy.deepcopy(self.model.state_dict()),
-                                      loss, min_accuracy=accuracy)
+                                      figures["val_loss"], min_score=figures[self.score_key])
         return shared_start
 
     @property
@@ -208,12 +208,12 @@ class TuningRun:
                         f"{config.epochs}", unit="batch", total=self.steps_per_epoch,
                         disable=self.rank.index > 0)
         train_loss = _train_epoch(self, progress, forecast)
-        val_loss, val_accuracy = _evaluate(self.model, self.val_set, config, self.device,
-                                           self.rank)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                  "val_accuracy": val_accuracy}
+        figures = _evaluate(self.model, self.val_set, config, self.device, self.rank,
+                            data.num_classes)
+        record = {"epoch": epoch, "train_loss": train_loss, **figures}
         self.history.record(**record)
-        self.stopping.update(epoch, val_loss, val_accuracy, self.model.state_dict)
+        self.stopping.update(epoch, figures["val_loss"], figures[self.score_key],
+                             self.model.state_dict)
         self.history.best_epoch = self.stopping.best_epoch
         with GLOBAL_RNG:
             self._rng = _rng_state(self.device)
@@ -246,12 +246,12 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None],
 
 
 def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfig,
-              device: torch.device, rank: Rank) -> tuple[float, float]:
-    """Validation loss and accuracy; under torch.distributed each process scores its share
-    and the sums are combined, so every process takes the same early-stopping decision."""
+              device: torch.device, rank: Rank, num_classes: int) -> dict[str, float]:
+    """Validation figures (``ValidationScores``); under torch.distributed each process scores
+    its share and the sums are combined, so every process takes the same decisions."""
     model.eval()
     precision = precision_on(device, config.precision)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    scores = ValidationScores(num_classes)
     with torch.inference_mode():
         order = rank.of(list(range(len(dataset))), pad=False)
         for images, labels in iterate_batches(dataset, config.batch_size,
@@ -261,13 +261,13 @@ def _evaluate(model: Classifier, dataset: ImageFolderRows, config: FinetuneConfi
             labels = labels.to(device)
             with autocast(device.type, precision):
                 logits = model(images).float()
-            totals += torch.tensor([
-                functional.cross_entropy(logits, labels, reduction="sum").item(),
-                (logits.argmax(1) == labels).sum().item(), len(labels)], dtype=torch.float64)
+            scores.add(functional.cross_entropy(logits, labels, reduction="none"),
+                       logits.argmax(1), labels)
     if rank.world_size > 1:
+        totals = scores.totals.to(device)  # NCCL reduces only tensors on the GPU
         distributed.all_reduce(totals)
-    loss, correct, count = totals.tolist()
-    return loss / max(count, 1), correct / max(count, 1)
+        scores.totals = totals.cpu()
+    return scores.figures()
 
 
 def _train_epoch(run: TuningRun, batches, forecast: Forecast | None) -> float:
