@@ -153,9 +153,13 @@ def search_lines(search: list[dict]) -> list[str]:
 
 
 def _best(runs: list[TuningRun]) -> list[TuningRun]:
-    """Lowest validation loss first (counted as early stopping counts it); on a tie the
-    candidate listed first, the cheaper one."""
-    return sorted(runs, key=lambda run: run.best_loss)
+    """Lowest validation loss first (counted as early stopping counts it); on a tie, which
+    is what candidates that have not yet beaten the starting head share, the lower loss of
+    the latest epoch (the one nearer to beating it), then the candidate listed first."""
+    def latest(run: TuningRun) -> float:
+        return run.history.epochs[-1]["val_loss"] if run.history.epochs else math.inf
+
+    return sorted(runs, key=lambda run: (run.best_loss, latest(run)))
 
 
 def _epoch_seconds(run: TuningRun, alive: list[TuningRun]) -> float:
