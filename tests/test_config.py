@@ -31,6 +31,9 @@ def test_the_committed_params_file_is_valid():
     ({"features": {"precision": "fp8"}}, "features.precision"),
     ({"validation": {"quarantine": ["everything"]}}, "validation.quarantine.0"),
     ({"backbones": {}}, "backbones"),
+    ({"registry": {"model_name": "cells.promotion-lock"}}, "registry.model_name"),
+    ({"finetune": {"batchnorm": ["train", "learn"]}}, "finetune.batchnorm.1"),
+    ({"evaluation": {"tta": "rotate"}}, "evaluation.tta"),
 ])
 def test_bad_settings_fail_with_the_key_named(tmp_path, payload, key):
     with pytest.raises(ConfigError) as error:

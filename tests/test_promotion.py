@@ -35,7 +35,14 @@ from tlpipe.flows.train import train_flow
 from tlpipe.ops import tracking
 from tlpipe.ops.processes import wait_healthy
 from tlpipe.params_file import load_params
-from tlpipe.promotion.lock import LockTimeout, lock_name, registry_lock
+from tlpipe.promotion.lock import (
+    MARKER,
+    MARKER_TAG,
+    LockTimeout,
+    NotALock,
+    lock_name,
+    registry_lock,
+)
 from tlpipe.registry.register import log_and_register
 from tlpipe.serving.pyfunc import IMAGE_COLUMN
 from tlpipe.training.model import load_classifier, save_classifier
@@ -339,10 +346,17 @@ def test_lock_waits_breaks_dead_holders_and_times_out(trained):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now belongs to no process: a holder that died without releasing
     client.create_registered_model(lock_name(name), tags={
-        "owner": "gone", "host": socket.gethostname(), "pid": str(dead.pid),
-        "acquired_at": str(time.time())})
+        MARKER_TAG: MARKER, "owner": "gone", "host": socket.gethostname(),
+        "pid": str(dead.pid), "acquired_at": str(time.time())})
     with registry_lock(name, wait_s=5, expiry_s=60):
         assert client.get_registered_model(lock_name(name)).tags["owner"] != "gone"
+
+    # A user's model that merely has the lock's name is never taken for a stale lock.
+    client.create_registered_model(lock_name("other"), tags={"team": "vision"})
+    with (pytest.raises(NotALock, match=r"'other.promotion-lock' is in the way.*rename"),
+          registry_lock("other", wait_s=5, expiry_s=0)):
+        pass
+    assert client.get_registered_model(lock_name("other")).tags == {"team": "vision"}
 
 
 def harness_env() -> dict[str, str]:

@@ -283,6 +283,10 @@ def model_name_for(folder_name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-._") or "model"
 
 
+# The promotion lock of model M is a registered model named M + this (promotion/lock.py).
+PROMOTION_LOCK_SUFFIX = ".promotion-lock"
+
+
 class RegistryConfig(Section):
     # Not given: named after the data folder (Params fills it in), so other data never lands
     # in a model of another name by accident.
@@ -291,6 +295,14 @@ class RegistryConfig(Section):
     alias: Alias = "challenger"           # every newly trained version
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
     previous_alias: Alias = "previous"    # the champion before the current one
+
+    @field_validator("model_name")
+    @classmethod
+    def _not_a_lock_name(cls, value: str) -> str:
+        if value.endswith(PROMOTION_LOCK_SUFFIX):
+            raise ValueError(f"names ending in {PROMOTION_LOCK_SUFFIX!r} are tlpipe's promotion "
+                             "locks; choose another model name")
+        return value
 
     @model_validator(mode="after")
     def _aliases_distinct(self) -> RegistryConfig:

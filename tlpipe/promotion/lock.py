@@ -4,7 +4,9 @@ Creating a registered model is atomic in every MLflow store (its name is unique 
 database behind the embedded SQLite store and behind a tracking server alike), so the lock is
 a registered model named ``<model>.promotion-lock``: whoever creates it holds it, and
 deleting it releases it. A lock whose holder died (same host, process gone) or that is older
-than ``expiry_s`` is broken by the next caller.
+than ``expiry_s`` is broken by the next caller. Only a model that carries the lock's marker
+tag is ever deleted: a model of that name made by anyone else stops the promotion with an
+error, and settings refuse such model names.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ from collections.abc import Iterator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tlpipe.config import PROMOTION_LOCK_SUFFIX
 from tlpipe.errors import TlpipeError
 from tlpipe.ops.tracking import process_alive
 
-LOCK_SUFFIX = ".promotion-lock"
+MARKER_TAG, MARKER = "tlpipe.lock", "promotion"
 
 
 class LockTimeout(TlpipeError, TimeoutError):
     pass
 
 
+class NotALock(TlpipeError):
+    """A registered model has the lock's name but was not made by tlpipe as a lock."""
+
+
 def lock_name(model_name: str) -> str:
-    return model_name + LOCK_SUFFIX
+    return model_name + PROMOTION_LOCK_SUFFIX
 
 
 @contextlib.contextmanager
@@ -61,7 +68,8 @@ def _try_acquire(client: MlflowClient, name: str, owner: str) -> bool:
     try:
         client.create_registered_model(
             name, description="Held while a tlpipe promotion runs; deleted when it ends.",
-            tags={"owner": owner, "host": host, "pid": pid, "acquired_at": f"{time.time():.3f}"})
+            tags={MARKER_TAG: MARKER, "owner": owner, "host": host, "pid": pid,
+                  "acquired_at": f"{time.time():.3f}"})
     except MlflowException as error:
         # RESOURCE_DOES_NOT_EXIST: the SQL store found the lock on insert, then it was
         # released before the store read it back to word its error. Held a moment ago.
@@ -81,9 +89,18 @@ def _tags(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def _break_if_stale(client: MlflowClient, name: str, expiry_s: float) -> None:
-    tags = _tags(client, name)
-    if not tags:
-        return
+    try:
+        tags = dict(client.get_registered_model(name).tags)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return  # released meanwhile
+        raise
+    if tags.get(MARKER_TAG) != MARKER:
+        raise NotALock(
+            f"registered model {name!r} is in the way of the promotion lock: tlpipe locks "
+            f"promotions of {name.removesuffix(PROMOTION_LOCK_SUFFIX)!r} under that name, and "
+            f"this model was not made by tlpipe as a lock (no {MARKER_TAG!r} tag), so it is left "
+            "as it is; rename or delete it in the MLflow registry, then promote again")
     age = time.time() - float(tags.get("acquired_at", 0))
     holder_gone = (tags.get("host") == socket.gethostname()
                    and tags.get("pid", "").isdigit() and not process_alive(int(tags["pid"])))
