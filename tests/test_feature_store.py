@@ -9,15 +9,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tlpipe.errors import SettingsError
 from tlpipe.params_file import parse_params
 from tlpipe.paths import feature_store
-from tlpipe.vectors.store import TEMPORARY_SUFFIX, FeatureStore
+from tlpipe.vectors.store import CORRUPT_SUFFIX, TEMPORARY_SUFFIX, CorruptChunk, FeatureStore
 
 DIM = 16
 
@@ -198,3 +200,60 @@ def test_processes_compacting_the_folder_they_all_write_to_lose_nothing(tmp_path
     store.compact()
     sizes = [pq.read_metadata(chunk).num_rows for chunk in store.chunks()]
     assert sum(size < 25 for size in sizes) <= 1, sizes  # the runs of ten were merged
+
+
+def flip_bit_in_vector(store: FeatureStore, i: int) -> str:
+    """Flip one bit of vector ``i`` where it lies in its chunk file (vectors are stored
+    uncompressed); the chunk's path."""
+    wanted = vector_of(i).tobytes()
+    for chunk in store.chunks():
+        data = bytearray(Path(chunk).read_bytes())
+        at = data.find(wanted)
+        if at >= 0:
+            data[at + 5] ^= 0x10
+            Path(chunk).write_bytes(bytes(data))
+            return chunk
+    raise AssertionError(f"vector {i} not found in any chunk")
+
+
+def test_a_flipped_bit_is_caught_the_chunk_set_aside_and_its_vectors_missing(tmp_path):
+    store = FeatureStore(str(tmp_path / "store"), chunk_vectors=100)
+    write(store, range(300))
+    corrupted = flip_bit_in_vector(store, 150)
+
+    reader = FeatureStore(str(tmp_path / "store"), chunk_vectors=100)  # a later run
+    with pytest.raises(CorruptChunk, match=rf"{corrupted}.*set aside.*features stage"):
+        reader.read([key_of(1), key_of(150)])
+    assert (tmp_path / "store" / "chunks" / (corrupted.rsplit("/", 1)[1] + CORRUPT_SUFFIX)
+            ).is_file()  # kept for inspection, not deleted
+    assert len(reader) == 200 and key_of(150) not in reader and key_of(250) in reader
+    assert np.array_equal(reader.read([key_of(250)]), vector_of(250)[None])
+
+    # The features stage's check: every chunk serving the plan, before anything is trusted.
+    second = flip_bit_in_vector(reader, 250)
+    checker = FeatureStore(str(tmp_path / "store"), chunk_vectors=100)
+    reasons = checker.verify([key_of(i) for i in range(300)])
+    assert len(reasons) == 1 and second in reasons[0]
+    assert len(checker) == 100 and checker.verify([key_of(i) for i in range(100)]) == []
+
+
+def test_vectors_that_disagree_with_their_digest_are_caught_without_page_checksums(tmp_path):
+    """Corruption before the file was written (memory, a copy tool rewriting it): the pages
+    are consistent, the digest written with the vectors is not."""
+    store = FeatureStore(str(tmp_path / "store"), chunk_vectors=100)
+    write(store, range(100))
+    [chunk] = store.chunks()
+    table = pq.read_table(chunk)
+    vectors = np.stack(table.column("vector").to_pylist()).astype(np.float32)
+    vectors[7, 3] += 1.0
+    rewritten = pa.table({"key": table.column("key"), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1)), DIM)}).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(rewritten, chunk)
+    with pytest.raises(CorruptChunk, match="vectors do not match the digest"):
+        FeatureStore(str(tmp_path / "store")).read([key_of(7)])
+
+    legacy = FeatureStore(str(tmp_path / "legacy"), chunk_vectors=100)
+    legacy.fs.makedirs(legacy.chunks_dir, exist_ok=True)
+    pq.write_table(rewritten.replace_schema_metadata(None),
+                   f"{legacy.chunks_dir}/0-legacy.parquet")  # written before digests: trusted
+    assert np.array_equal(legacy.read([key_of(7)]), vectors[7][None])

@@ -158,7 +158,7 @@ def compute(params: Params, project: Path) -> dict:
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)
     return {"plan": str(out.plan), "preprocessing": choice, "choice_computed": choice_computed,
-            **stats}
+            **stats, "set_aside": list(store.set_aside)}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -180,6 +180,11 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
                   f"{result['choice_computed']} plain views computed to choose)")
         if result["nodes"]:
             mlflow.log_dict(result["nodes"], "ray_nodes.json")
+        for why in result["set_aside"]:
+            print(f"features: WARNING: {why}; set aside as *.corrupt (kept, not deleted) and "
+                  "its vectors computed anew")
+        if result["set_aside"]:
+            mlflow.set_tag("features.chunks_set_aside", len(result["set_aside"]))
         print(f"features: {result['computed']} computed, {result['cached']} from the store "
               f"in {result['seconds']:.1f}s"
               + (f" on {len(result['nodes'])} Ray node(s)" if result["nodes"] else ""))

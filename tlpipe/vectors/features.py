@@ -93,7 +93,9 @@ def plan_views(manifest: pd.DataFrame, views: int, spec: FeatureSpec) -> pd.Data
 
 
 def missing_views(plan: pd.DataFrame, store: FeatureStore) -> pd.DataFrame:
-    """The rows of ``plan`` whose vector the store lacks, one per key."""
+    """The rows of ``plan`` whose vector the store lacks, one per key; a stored vector counts
+    only if its chunk passes its digests (``FeatureStore.verify``)."""
+    store.verify(plan["key"].tolist())
     return plan[~plan["key"].isin(store.keys())].drop_duplicates("key")
 
 

@@ -14,6 +14,12 @@ writers computed the same view) holds the same vector; the first chunk by name w
 Compaction merges small chunks into full ones, writing the new chunk before deleting the old;
 of two compactions at once, one merges and the other, finding a chunk gone, leaves it at that.
 
+Why digests: a chunk is trusted on every later run, so a flipped bit would silently change a
+model. Each chunk carries the SHA-256 of its keys and of its vectors in its Parquet metadata
+(and Parquet page checksums); every read checks them. A chunk that fails is set aside (renamed
+``*.corrupt``, never deleted) and its vectors count as missing, so the features stage computes
+them again. Chunks written before digests were kept are read as they are.
+
 The location is a folder or any fsspec URL (``s3://bucket/features``, ``gs://...``): a cluster
 shares one store.
 """
@@ -21,6 +27,7 @@ shares one store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,8 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from tlpipe.errors import TlpipeError
+
 CHUNK_SUFFIX = ".parquet"
 TEMPORARY_SUFFIX = ".tmp"
+CORRUPT_SUFFIX = ".corrupt"
+KEYS_DIGEST, VECTORS_DIGEST = b"tlpipe.keys_sha256", b"tlpipe.vectors_sha256"
 # A plan's view 0 of an image is its evaluation preprocessing; views 1..N are augmented.
 PLAIN_VIEW = 0
 # A temporary file this old belongs to a writer that died; a live writer renames it in seconds.
@@ -44,12 +55,18 @@ STALE_TEMPORARY_S = 24 * 3600
 RELIST_ATTEMPTS = 3
 
 
+class CorruptChunk(TlpipeError):
+    """A chunk whose content does not match its digests; it has been set aside."""
+
+
 class FeatureStore:
     def __init__(self, location: str, chunk_vectors: int = 1024):
         self.location = str(location)
         self.fs, self.root = fsspec.core.url_to_fs(self.location)
         self.chunk_vectors = chunk_vectors
         self._keys_of: dict[str, list[str]] = {}  # chunks never change: their keys are kept
+        self._verified: set[str] = set()  # chunks whose vectors matched their digest
+        self.set_aside: list[str] = []  # what this process set aside, and why
 
     @property
     def chunks_dir(self) -> str:
@@ -78,13 +95,22 @@ class FeatureStore:
     def _index_of(self, names: list[str]) -> dict[str, tuple[str, int]]:
         unread = [name for name in names if name not in self._keys_of]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for name, keys in zip(unread, pool.map(self._read_keys, unread), strict=True):
-                self._keys_of[name] = keys
+            for name, keys in zip(unread, pool.map(self._checked_keys, unread), strict=True):
+                if keys is not None:
+                    self._keys_of[name] = keys
         index: dict[str, tuple[str, int]] = {}
         for name in names:
-            for row, key in enumerate(self._keys_of[name]):
+            for row, key in enumerate(self._keys_of.get(name, [])):
                 index.setdefault(key, (name, row))
         return index
+
+    def _checked_keys(self, chunk: str) -> list[str] | None:
+        """The chunk's keys, or None if they fail their digest (the chunk is set aside)."""
+        try:
+            return self._read_keys(chunk)
+        except CorruptChunk as error:
+            self._set_aside(chunk, str(error))
+            return None
 
     def keys(self) -> set[str]:
         return set(self.index())
@@ -96,12 +122,29 @@ class FeatureStore:
         return len(self.index())
 
     def read(self, keys: Sequence[str]) -> np.ndarray:
-        """The vectors of ``keys``, in order, as one float32 array: each chunk is read once."""
+        """The vectors of ``keys``, in order, as one float32 array: each chunk is read once.
+        A chunk that fails its digests is set aside and the read fails, naming it."""
         keys = list(keys)
         try:
-            return self._read(keys, self.index())
-        except FileNotFoundError:  # a compaction replaced a chunk after it was listed
-            return self._read(keys, self.index())
+            try:
+                return self._read(keys, self.index())
+            except FileNotFoundError:  # a compaction replaced a chunk after it was listed
+                return self._read(keys, self.index())
+        except CorruptChunk as error:
+            raise CorruptChunk(f"feature store {self.location}: {error}; it is set aside, so "
+                               "run the features stage again (tlpipe run, or dvc repro) to "
+                               "compute its vectors anew") from None
+
+    def verify(self, keys: Sequence[str]) -> list[str]:
+        """Check the digests of every chunk that serves ``keys`` (once per chunk and process);
+        those that fail are set aside and their keys are missing from then on, so the
+        features stage computes them again. Returns what was set aside, and why."""
+        before = len(self.set_aside)
+        index = self.index()
+        for chunk in sorted({index[key][0] for key in keys if key in index} - self._verified):
+            with contextlib.suppress(CorruptChunk, FileNotFoundError):
+                self._vectors(chunk)
+        return self.set_aside[before:]
 
     def _read(self, keys: list[str], index: dict[str, tuple[str, int]]) -> np.ndarray:
         absent = [key for key in keys if key not in index]
@@ -114,15 +157,48 @@ class FeatureStore:
         where = pd.DataFrame([index[key] for key in keys], columns=["chunk", "row"])
         result = None
         for chunk, rows in where.groupby("chunk", sort=False):
-            table = pq.read_table(chunk, columns=["vector"], filesystem=self.fs)
-            vectors = _matrix(table.column("vector"))
+            vectors = self._vectors(chunk)
             if result is None:
                 result = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
             result[rows.index.to_numpy()] = vectors[rows["row"].to_numpy()]
         return result
 
     def _read_keys(self, chunk: str) -> list[str]:
-        return pq.read_table(chunk, columns=["key"], filesystem=self.fs).column("key").to_pylist()
+        table = self._read_column(chunk, "key")
+        keys = table.column("key").to_pylist()
+        _check(chunk, table, KEYS_DIGEST, _keys_digest(keys), "keys")
+        return keys
+
+    def _vectors(self, chunk: str) -> np.ndarray:
+        """The chunk's vectors, checked against their digest (set aside if they fail)."""
+        table = self._read_column(chunk, "vector")
+        vectors = _matrix(table.column("vector"))
+        if chunk not in self._verified:
+            try:
+                _check(chunk, table, VECTORS_DIGEST, _digest(vectors.tobytes()), "vectors")
+            except CorruptChunk as error:
+                self._set_aside(chunk, str(error))
+                raise
+            self._verified.add(chunk)
+        return vectors
+
+    def _read_column(self, chunk: str, column: str) -> pa.Table:
+        try:
+            return pq.read_table(chunk, columns=[column], filesystem=self.fs,
+                                 page_checksum_verification=True)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as error:  # a page checksum, or a torn footer
+            self._set_aside(chunk, f"chunk {chunk} is unreadable ({error})")
+            raise CorruptChunk(f"chunk {chunk} is unreadable ({error})") from None
+
+    def _set_aside(self, chunk: str, why: str) -> None:
+        """Rename a failing chunk out of the listing (kept for inspection, not deleted)."""
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            self.fs.mv(chunk, chunk + CORRUPT_SUFFIX)
+        self._keys_of.pop(chunk, None)
+        if why not in self.set_aside:
+            self.set_aside.append(why)
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[ChunkWriter]:
@@ -138,11 +214,13 @@ class FeatureStore:
     def write_chunk(self, keys: Sequence[str], vectors: np.ndarray) -> str:
         """One new chunk file, made visible whole or not at all; its path."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        keys = list(keys)
         table = pa.table({
-            "key": pa.array(list(keys), pa.string()),
+            "key": pa.array(keys, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
                                                         vectors.shape[1]),
-        })
+        }).replace_schema_metadata({KEYS_DIGEST: _keys_digest(keys),
+                                    VECTORS_DIGEST: _digest(vectors.tobytes())})
         self.fs.makedirs(self.chunks_dir, exist_ok=True)
         name = f"{self.chunks_dir}/{time.time_ns():020d}-{uuid.uuid4().hex}{CHUNK_SUFFIX}"
         temporary = f"{name}{TEMPORARY_SUFFIX}"
@@ -150,7 +228,8 @@ class FeatureStore:
             with self.fs.open(temporary, "wb") as handle:
                 # Vectors barely compress; keys are unique, so no dictionary either.
                 pq.write_table(table, handle, compression={"key": "zstd", "vector": "none"},
-                               use_dictionary=False, write_statistics=False)
+                               use_dictionary=False, write_statistics=False,
+                               write_page_checksum=True)
             self.fs.mv(temporary, name)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -208,6 +287,21 @@ class ChunkWriter:
         if self._keys:
             self.store.write_chunk(self._keys, np.stack(self._vectors))
             self._keys, self._vectors = [], []
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _keys_digest(keys: list[str]) -> str:
+    return _digest("\n".join(keys).encode())
+
+
+def _check(chunk: str, table: pa.Table, field: bytes, actual: str, what: str) -> None:
+    expected = (table.schema.metadata or {}).get(field)
+    if expected is not None and expected.decode() != actual:  # None: written before digests
+        raise CorruptChunk(f"chunk {chunk}: its {what} do not match the digest written with "
+                           "them")
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
