@@ -232,8 +232,7 @@ class FinetuneConfig(Section):
     # keeps the best (tlpipe.training.finetune). One of each: no search.
     unfreeze_blocks: Annotated[list[BlockCount], Field(min_length=1)] = [2, "all"]
     lr: Annotated[list[PositiveFloat], Field(min_length=1)] = [1e-4]
-    # BatchNorm in the unfrozen blocks: "frozen" keeps the pretrained statistics, "train"
-    # re-estimates them on this data (data far from ImageNet can need it); both: searched.
+    # The unfrozen blocks' BatchNorm: pretrained statistics kept ("frozen") or re-estimated.
     batchnorm: Annotated[list[Literal["frozen", "train"]], Field(min_length=1)] = ["frozen"]
     # The search and the training stop where the next epoch would pass this.
     budget_minutes: PositiveFloat = 10.0
@@ -269,9 +268,8 @@ class EvaluationConfig(Section):
     # Fewer test images than these and the figures are flagged as too noisy to trust.
     min_test_images: Annotated[int, Field(ge=0)] = 30
     min_test_per_class: Annotated[int, Field(ge=0)] = 10
-    # Test-time augmentation: "flip" averages each image's probabilities with its mirror
-    # image's (fastai's tta), in evaluation, the served model and the ONNX export alike;
-    # "auto" keeps it only where it beats the plain model on validation; "none" never.
+    # "flip": each image's probabilities averaged with its mirror image's, in evaluation,
+    # serving and ONNX alike (fastai's tta); "auto": only if that helps on validation.
     tta: Literal["auto", "flip", "none"] = "auto"
 
 
@@ -283,8 +281,7 @@ def model_name_for(folder_name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-._") or "model"
 
 
-# The promotion lock of model M is a registered model named M + this (promotion/lock.py).
-PROMOTION_LOCK_SUFFIX = ".promotion-lock"
+PROMOTION_LOCK_SUFFIX = ".promotion-lock"  # model M's lock: a registered model M + this
 
 
 class RegistryConfig(Section):
@@ -296,16 +293,11 @@ class RegistryConfig(Section):
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
     previous_alias: Alias = "previous"    # the champion before the current one
 
-    @field_validator("model_name")
-    @classmethod
-    def _not_a_lock_name(cls, value: str) -> str:
-        if value.endswith(PROMOTION_LOCK_SUFFIX):
-            raise ValueError(f"names ending in {PROMOTION_LOCK_SUFFIX!r} are tlpipe's promotion "
-                             "locks; choose another model name")
-        return value
-
     @model_validator(mode="after")
-    def _aliases_distinct(self) -> RegistryConfig:
+    def _names_usable(self) -> RegistryConfig:
+        if self.model_name.endswith(PROMOTION_LOCK_SUFFIX):
+            raise ValueError(f"registry.model_name {self.model_name!r}: names ending in "
+                             f"{PROMOTION_LOCK_SUFFIX!r} are tlpipe's promotion locks")
         if len({self.alias, self.champion_alias, self.previous_alias}) < 3:
             raise ValueError("registry.alias, registry.champion_alias and "
                              "registry.previous_alias must be three different names")
