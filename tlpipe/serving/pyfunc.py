@@ -51,22 +51,29 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        batch = torch.stack([self.transform(as_image(value, row, self.decode_side))
+        batch = torch.stack([self.transform(as_image(value, row, self.decode_side,
+                                                     self.spec.max_pixels))
                              for row, value in enumerate(model_input[IMAGE_COLUMN])])
         return prediction_frame(self.scorer(batch), self.spec.classes)
 
 
-def as_image(value: object, row: int = 0, min_side: int | None = None) -> Image.Image:
-    """One input value as RGB; encoded JPEGs decode as ``images.load_rgb`` does."""
-    from tlpipe.vectors.images import decode_rgb
+def as_image(value: object, row: int = 0, min_side: int | None = None,
+             max_pixels: int | None = None) -> Image.Image:
+    """One input value as RGB; encoded JPEGs decode as ``images.load_rgb`` does. An image
+    of more than ``max_pixels`` is refused before it is decoded."""
+    from tlpipe.vectors.images import ImageTooLarge, decode_rgb
 
     try:
         if isinstance(value, bytes | bytearray):
-            return decode_rgb(bytes(value), min_side)
+            return decode_rgb(bytes(value), min_side, max_pixels)
         if isinstance(value, str):  # JSON requests carry binary values base64-encoded
-            return decode_rgb(base64.b64decode(value), min_side)
+            return decode_rgb(base64.b64decode(value), min_side, max_pixels)
         if isinstance(value, np.ndarray | list):
             return array_to_rgb(value)
+    except ImageTooLarge as error:
+        raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: {error} (the model's "
+                         "max_pixels, validation.max_pixels when it was trained): downscale "
+                         "the image") from None
     except Exception as error:
         raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: not a readable image "
                          f"({type(error).__name__}: {error})") from None

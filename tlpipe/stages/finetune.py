@@ -82,7 +82,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
         preprocessing=Preprocessing.from_dict(json.loads(out.preprocessing.read_text())["chosen"]))
     spec = ModelSpec(backbone=backbone.name, num_features=backbone.num_features,
                      classes=classes, head=head_spec.to_dict(),
-                     preprocessing=backbone.preprocessing.to_dict())
+                     preprocessing=backbone.preprocessing.to_dict(),
+                     max_pixels=params.validation.max_pixels)
     head_model = Classifier(backbone.model, head)
 
     def rows(split: str) -> tuple[list[str], list[int]]:

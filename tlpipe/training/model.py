@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tlpipe.config import ValidationConfig
 from tlpipe.fsio import write_atomic, write_json
 from tlpipe.training.heads import HeadSpec, build_head
 from tlpipe.vectors.backbones import Preprocessing, build_architecture
@@ -45,6 +46,8 @@ class ModelSpec:
     head: dict  # HeadSpec fields: what shapes the head
     preprocessing: dict
     tta: str = "none"  # "flip": probabilities averaged with the mirror image's (training.tta)
+    # Serving refuses to decode larger images (validation.max_pixels when it was trained).
+    max_pixels: int = ValidationConfig.model_fields["max_pixels"].default
 
     @property
     def preprocessing_config(self) -> Preprocessing:

@@ -20,6 +20,10 @@ Image.MAX_IMAGE_PIXELS = None
 _BACKGROUND = (255, 255, 255)
 
 
+class ImageTooLarge(ValueError):
+    """An image whose header announces more pixels than the limit: never decoded."""
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB the same way every time."""
     image = ImageOps.exif_transpose(image)
@@ -44,23 +48,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path, min_side: int | None = None,
+             max_pixels: int | None = None) -> Image.Image:
     """The image as RGB. With ``min_side``, a JPEG decodes at the smallest of 1/8, 1/4, 1/2
     or full scale whose shorter side is still ``min_side`` or more: a 12-megapixel photo
     decodes several times faster, with the pixels the model sees changed only slightly
-    (the decoder's scaling is another filter, so the setting is part of every cache key)."""
+    (the decoder's scaling is another filter, so the setting is part of every cache key).
+    With ``max_pixels``, an image that would decode to more pixels raises ``ImageTooLarge``
+    before it is decoded (the decompression-bomb guard of serving)."""
     with Image.open(path) as image:
-        return _decoded(image, min_side)
+        return _decoded(image, min_side, max_pixels)
 
 
-def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
+def decode_rgb(data: bytes, min_side: int | None = None,
+               max_pixels: int | None = None) -> Image.Image:
     """``load_rgb`` for encoded bytes."""
     with Image.open(io.BytesIO(data)) as image:
-        return _decoded(image, min_side)
+        return _decoded(image, min_side, max_pixels)
 
 
-def _decoded(image: Image.Image, min_side: int | None) -> Image.Image:
+def _decoded(image: Image.Image, min_side: int | None, max_pixels: int | None) -> Image.Image:
     if min_side is not None:
         image.draft(None, (min_side, min_side))  # a no-op for all but JPEG
+    width, height = image.size  # after draft: what will really be decoded
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels, more than the "
+                            f"limit of {max_pixels}; not decoded")
     image.load()
     return to_rgb(image)
