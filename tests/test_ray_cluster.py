@@ -28,6 +28,20 @@ from tlpipe.vectors.store import PLAIN_VIEW, FeatureStore
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def test_an_address_where_nothing_answers_fails_at_once_naming_the_setting():
+    """Ray alone retries such an address for minutes without a word."""
+    port = free_port()  # nothing listens there
+    script = ("from tlpipe.config import ClusterConfig\n"
+              "from tlpipe.vectors.cluster import connect\n"
+              f"connect(ClusterConfig(engine='ray', address='127.0.0.1:{port}', "
+              "connect_timeout_s=2))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert (f"ClusterError: cluster.address: '127.0.0.1:{port}': nothing answers there within "
+            "cluster.connect_timeout_s=2s") in result.stderr
+
+
 def _ray_processes(temp: Path) -> list[psutil.Process]:
     """Every process of this cluster: Ray passes its session folder to each of them."""
     found = []

@@ -151,6 +151,7 @@ class ClusterConfig(Section):
     # ray: the cluster's address (host:6379 or ray://host:10001), or auto: RAY_ADDRESS, else a
     # cluster started on this machine with `ray start --head`.
     address: str = "auto"
+    connect_timeout_s: PositiveFloat = 30.0  # an address that does not answer by then fails
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: PositiveFloat = 1.0  # requested only where the cluster has GPUs
     max_workers: PositiveInt | None = None  # default: as many as the cluster's CPUs (or GPUs) fit

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -41,6 +42,8 @@ def connect(config: ClusterConfig):
     if not ray.is_initialized():
         address = None if config.address == "auto" and os.environ.get("RAY_ADDRESS") \
             else config.address
+        if address not in (None, "auto"):
+            _answers(address, config.connect_timeout_s)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except ConnectionError as error:
@@ -49,6 +52,23 @@ def connect(config: ClusterConfig):
                 "one with `ray start --head`, set cluster.address (or RAY_ADDRESS), or set "
                 "cluster.engine: local") from None
     return ray
+
+
+def _answers(address: str, timeout_s: float) -> None:
+    """Fail unless ``address`` (host:port, or ray://host:port) accepts a TCP connection within
+    ``timeout_s``: Ray itself retries an address that does not answer for minutes, silently."""
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not port.isdigit():
+        return  # not host:port: Ray's own error says what is wrong with it
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        raise ClusterError(
+            f"cluster.address: {address!r}: nothing answers there within "
+            f"cluster.connect_timeout_s={timeout_s:g}s ({error}). Start the cluster with "
+            "`ray start --head` on that host, correct cluster.address (or RAY_ADDRESS), or "
+            "set cluster.engine: local") from None
 
 
 def worker_device(params: Params) -> torch.device:
