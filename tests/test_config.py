@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from tlpipe.cli.main import app
 from tlpipe.config import Params
-from tlpipe.params_file import ConfigError, load_params
+from tlpipe.params_file import ConfigError, load_params, overrides_from
 
 REPO_PARAMS = "params.yaml"
 
@@ -72,3 +72,39 @@ def test_every_command_explains_itself():
         assert result.exit_code == 0 and "Usage" in result.output, command
     assert "--set" in runner.invoke(app, ["run", "--help"]).output
     assert "--cron" in runner.invoke(app, ["schedule", "--help"]).output
+
+
+def test_hostile_params_files_are_refused_quickly_with_a_short_message(tmp_path):
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join([*laughs, "head: {lr: *i}"]) + "\n")  # 10**9 values expanded
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: \d+ values once its YAML aliases"):
+        load_params(bomb)
+
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(yaml.safe_dump({"head": {"knn_k": list(range(300_000))}}))
+    with pytest.raises(ConfigError, match=r"huge\.yaml: \d+ bytes; settings files hold at most"):
+        load_params(huge)
+
+    long_list = tmp_path / "long.yaml"  # small enough to read, wrong in its value
+    long_list.write_text(yaml.safe_dump({"head": {"lr": list(range(20_000))}}))
+    with pytest.raises(ConfigError) as error:
+        load_params(long_list)
+    assert "head.lr" in str(error.value) and len(str(error.value)) < 2000
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here yet\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: empty.*tlpipe init"):
+        load_params(empty)
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (["head.lr=["], r"--set 'head.lr=\[': not valid YAML"),
+    (["head=2", "head.lr=1"], r"--set 'head.lr=1': head is set to a value by another --set"),
+])
+def test_bad_overrides_are_named(pairs, message):
+    with pytest.raises(ConfigError, match=message):
+        overrides_from(pairs)
