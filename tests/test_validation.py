@@ -148,3 +148,26 @@ def test_digit_sized_greyscale_images_pass_with_the_defaults_and_a_pixel_does_no
     assert _failed(report) == {"min_side": ["digit 3/dot.png"]}
     offender = next(r for r in report.failures if r.rule == "min_side").offenders[0]
     assert offender["detail"] == "1x1 px"
+
+
+def test_class_names_that_would_break_later_stages_fail_here(healthy):
+    """A backslash broke an MLflow metric name at promotion, 255 characters one at evaluation,
+    after training; a folder named ..dots was left out silently with its images."""
+    long_name = "l" * 150  # its files, named after it, stay under 255 characters
+    for name in ("back\\slash", long_name, "..dots"):
+        write_class_folder(healthy, name, 12)
+    write_class_folder(healthy / ".cache", "thumbnails", 3)  # images one level down: not a class
+    report, _ = _gate(healthy)
+    offenders = {o["label"]: o["detail"]
+                 for o in next(r for r in report.failures if r.rule == "class_names").offenders}
+    assert offenders == {"back\\slash": "holds a backslash or a control character",
+                         long_name: "150 characters; a class name has at most 100",
+                         "..dots": "a hidden folder (its name starts with '.') holding images: "
+                                   "not read as a class"}
+    assert "data.ignored_names" in report.to_markdown()
+
+    shutil.rmtree(healthy / "back\\slash")
+    shutil.rmtree(healthy / long_name)
+    manifest = build_manifest(healthy, DataConfig(ignored_names=["..dots"]), SplitConfig(),
+                              CONFIG.max_pixels, workers=2)
+    assert validate_manifest(manifest, CONFIG)[0].passed  # left out on purpose

@@ -29,6 +29,7 @@ STAT = ["path", "size", "mtime_ns", "inode"]
 # How many files a scan read (the rest were known by their stat): a fact of the scan, not of
 # the data, so it is not saved with the manifest.
 FILES_READ = "files_read"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 COLUMNS = [
     "path", "label", "source_split", "sha256", "bytes", "format", "width", "height", "mode",
     "decodable", "error", "inside_root", "split",
@@ -45,6 +46,9 @@ class Layout:
 
     source_splits: tuple[str, ...]  # empty when the folder holds class folders directly
     classes: tuple[str, ...]
+    # Folders named like hidden ones (".name") that hold images: not read as classes, and
+    # reported by validation so that no images are left out unnoticed.
+    hidden: tuple[str, ...] = ()
 
 
 def detect_layout(root: Path, data: DataConfig) -> Layout:
@@ -67,7 +71,15 @@ def detect_layout(root: Path, data: DataConfig) -> Layout:
             f"no class folders found in {searched}: expected one folder per class holding its "
             f"images ({root}/<class>/<image>), or train/ val/ [test/] folders that each hold "
             "the class folders (train/<class>/<image>)")
-    return Layout(present, tuple(classes))
+    hidden = sorted({
+        entry.name for parent in parents for entry in parent.iterdir()
+        if entry.is_dir() and entry.name.startswith(".")
+        and entry.name not in data.ignored_names and _holds_images(entry)})
+    return Layout(present, tuple(classes), tuple(hidden))
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(child.suffix.lower() in IMAGE_SUFFIXES for child in folder.iterdir())
 
 
 def _ignored(name: str, data: DataConfig) -> bool:
@@ -182,6 +194,7 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
         _save_state(state_file, files[STAT], frame)
     # Nothing location-specific is stored: the file must hash the same in every checkout.
     frame.attrs["classes"] = list(layout.classes)
+    frame.attrs["hidden_folders"] = list(layout.hidden)
     frame.attrs[FILES_READ] = len(unread)
     return frame
 

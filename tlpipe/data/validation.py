@@ -11,6 +11,7 @@ became too small.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -61,7 +62,23 @@ _FIX = {
                        "`validation.max_class_imbalance` in params.yaml",
     "expected_classes": "rename the class folders, or change `data.expected_classes` in "
                         "params.yaml",
+    "class_names": "rename these folders; a hidden folder (.name) you mean to leave out can "
+                   "be named in `data.ignored_names` in params.yaml",
 }
+# Class names become MLflow metric names (at most 250 characters with a prefix), file names
+# and JSON keys: a name that breaks them must fail here, not after training.
+MAX_CLASS_NAME_CHARS = 100
+
+
+def class_name_problem(name: str) -> str:
+    """Why ``name`` cannot be a class, or "" if it can."""
+    if name.startswith("."):
+        return "a hidden folder (its name starts with '.') holding images: not read as a class"
+    if len(name) > MAX_CLASS_NAME_CHARS:
+        return f"{len(name)} characters; a class name has at most {MAX_CLASS_NAME_CHARS}"
+    if re.search(r"[\\\x00-\x1f\x7f]", name):
+        return "holds a backslash or a control character"
+    return ""
 
 
 def fix_hint(outcome: RuleOutcome) -> str:
@@ -215,6 +232,12 @@ def _class_rules(config: ValidationConfig, expected: list[str] | None) -> list:
     return rules
 
 
+def _name_expectation():
+    import great_expectations.expectations as gxe
+
+    return gxe.ExpectColumnValuesToBeInSet(column="problem", value_set=[""])
+
+
 def _run_suite(name: str, rules: list, frame: pd.DataFrame, key: str) -> list[tuple[bool, dict]]:
     import great_expectations as gx
 
@@ -287,6 +310,17 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
                 + [{"label": label, "detail": "class folder not in data.expected_classes"}
                    for label in unexpected])
         outcomes.append(RuleOutcome(rule, "class", success, "fail", description, offenders))
+
+    names = pd.DataFrame({"label": [*classes, *manifest.attrs.get("hidden_folders", [])]})
+    names["problem"] = [class_name_problem(name) for name in names["label"]]
+    description = (f"class folder names are usable: at most {MAX_CLASS_NAME_CHARS} characters, "
+                   "no backslash or control character, no images in hidden folders")
+    name_rule = [("class_names", description, _name_expectation())]
+    [(success, result)] = _run_suite("names", name_rule, names, "label")
+    problems = names.set_index("label")["problem"]
+    outcomes.append(RuleOutcome("class_names", "class", success, "fail", description, [
+        {"label": entry["label"], "detail": problems[entry["label"]]}
+        for entry in result.get("unexpected_index_list") or []]))
 
     passed = all(o.passed or o.action == "quarantine" for o in outcomes)
     counts = {label: int(count) for label, count in by_label["count"].items()}

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tlpipe import tags
 from tlpipe.config import Params, RegistryConfig
 from tlpipe.fsio import sha256_text
-from tlpipe.metrics import small_split_warning
+from tlpipe.metrics import metric_safe, small_split_warning
 from tlpipe.ops.tracking import finishing, start_parent_run
 from tlpipe.promotion.aliases import RegistryState, finish_pending, move, read_state
 from tlpipe.promotion.candidates import Candidates, HeldOutSplit, ScoredCandidates
@@ -143,7 +143,7 @@ def _log_scores(client: MlflowClient, run_id: str, params: Params, decision: Dec
         if scores is None:
             continue
         metrics.update({f"{role}_{k}": v for k, v in scores.metrics.items()})
-        metrics.update({f"{role}_recall_{k}": v for k, v in scores.recall.items()})
+        metrics.update({f"{role}_recall_{metric_safe(k)}": v for k, v in scores.recall.items()})
     for check in decision.gate.get("checks", []):
         client.set_tag(run_id, f"check.{check['name']}",
                        f"{'pass' if check['passed'] else 'FAIL'}: {check['detail']}"[:4000])
