@@ -197,6 +197,34 @@ def test_forced_promotion_better_challenger_and_rollback(trained, monkeypatch):
     assert "champion" in table.output
 
 
+def test_force_never_puts_a_version_with_other_classes_in_the_champions_place(trained):
+    """Clients of a model rely on its classes: a champion that knows a third class and a
+    challenger that does not cannot replace each other, even by force."""
+    import torch
+
+    name = "classes"
+    params = registry_params(trained, name)
+    classifier, spec = load_classifier(trained.models["strong"])
+    old = classifier.head[-1]
+    wider = torch.nn.Linear(old.in_features, 3)
+    with torch.no_grad():
+        wider.weight[:2], wider.bias[:2] = old.weight, old.bias
+    classifier.head[-1] = wider
+    spec.classes, spec.head = [*spec.classes, "wasps"], {**spec.head, "num_classes": 3}
+    three = save_classifier(classifier, spec, trained.base / "three-classes")
+    experiment = tracking.configure(trained.params.tracking, trained.project)
+    with mlflow.start_run(experiment_id=experiment, run_name="register three classes"):
+        wide = str(log_and_register(three, name, "challenger", trained.data / BEE,
+                                    {"trained_as": "three classes"}).version)
+    first = promote_flow(params, str(trained.project), wide, force_reason="a wider model")
+    assert first["verdict"] == "forced"
+    narrow = register(trained, name, "strong")
+    forced = promote_flow(params, str(trained.project), narrow, force_reason="try anyway")
+    assert forced["verdict"] == "refused"
+    assert "--force refused" in forced["reason"] and "registry.model_name" in forced["reason"]
+    assert aliases(name)["champion"] == wide
+
+
 def test_failure_mid_promotion_moves_nothing(trained, monkeypatch):
     name = "fault"
     params = registry_params(trained, name)
@@ -474,6 +502,7 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, mo
     import onnxruntime
 
     from tlpipe.registry.loader import load_version
+    from tlpipe.training.tta import probabilities_with
     from tlpipe.vectors.images import load_rgb
     from tlpipe.vectors.preprocess import eval_transform
 
@@ -491,8 +520,10 @@ def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, mo
     pixels = torch.stack([transform(load_rgb(trained.data / p)) for p in (BEE, ANT)])
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"pixels": pixels.numpy()})[0]
-    with torch.inference_mode():
-        expected = torch.softmax(model(pixels), dim=1).numpy()
+    with torch.inference_mode():  # the model's own test-time flips included, if it has them
+        expected = probabilities_with(spec.tta, lambda batch: torch.softmax(model(batch), dim=1),
+                                      pixels).numpy()
+    assert metadata["test_time_augmentation"] == spec.tta
     assert np.abs(exported - expected).max() < metadata["tolerance"]
     assert exported.argmax(axis=1).tolist() == [1, 0]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tlpipe.commands import python_tool, run_command
 from tlpipe.config import DataConfig, model_name_for
-from tlpipe.data.manifest import detect_layout
+from tlpipe.data.manifest import DataLayoutError, detect_layout
 from tlpipe.errors import SettingsError, TlpipeError
 
 # Above this, a folder that cannot be hard-linked is not copied unless --copy says so.
@@ -104,7 +104,10 @@ def init_project(root: Path, source: Path | None = None, copy: bool = False) -> 
     classes: list[str] = []
     if source is not None:
         source = Path(source).resolve()
-        classes = list(detect_layout(source, DataConfig()).classes)
+        try:
+            classes = list(detect_layout(source, DataConfig()).classes)
+        except DataLayoutError as error:  # an argument that cannot be used: exit code 2
+            raise SettingsError(f"--data: {error}") from None
         if root.is_relative_to(source) or source.is_relative_to(root):
             raise SettingsError(f"the project {root} and the data {source} must not contain "
                                 "each other")

@@ -79,7 +79,10 @@ def decide(params: Params, candidates: Candidates, scored: ScoredCandidates,
         gate = GateResult(False, [*gate.checks[:1], Check("comparable", False,
                                                           scored.incomparable)])
     compared = f" vs v{candidates.champion}" if candidates.champion else " (first champion)"
-    if force_reason:
+    if force_reason and scored.incomparable:  # clients of the model rely on its classes
+        verdict, summary = "refused", f"--force refused: {scored.incomparable}"
+        reason = summary
+    elif force_reason:
         verdict, summary = "forced", f"forced: {force_reason}"
         reason = (f"forced: {force_reason} (the gate would have "
                   f"{'passed' if gate.passed else 'refused'}: {gate.reason})")

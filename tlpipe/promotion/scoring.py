@@ -85,5 +85,7 @@ def score_candidates(candidates: Candidates, split: HeldOutSplit, params: Params
     if champion is None or champion_classes != classes:
         return ScoredCandidates(challenger, None, (
             f"champion v{candidates.champion} was trained on classes {champion_classes}, the "
-            f"challenger on {classes}: the gate cannot compare them; use --force with a reason"))
+            f"challenger on {classes}: a model's classes are part of it, so neither the gate "
+            "nor --force puts one in the other's place; register data with other classes "
+            "under another registry.model_name"))
     return ScoredCandidates(challenger, champion)
