@@ -19,7 +19,13 @@ import pytest
 from tlpipe.errors import SettingsError
 from tlpipe.params_file import parse_params
 from tlpipe.paths import feature_store
-from tlpipe.vectors.store import CORRUPT_SUFFIX, TEMPORARY_SUFFIX, CorruptChunk, FeatureStore
+from tlpipe.vectors.store import (
+    CORRUPT_SUFFIX,
+    TEMPORARY_SUFFIX,
+    CorruptChunk,
+    FeatureStore,
+    StoreWriteError,
+)
 
 DIM = 16
 
@@ -257,3 +263,13 @@ def test_vectors_that_disagree_with_their_digest_are_caught_without_page_checksu
     pq.write_table(rewritten.replace_schema_metadata(None),
                    f"{legacy.chunks_dir}/0-legacy.parquet")  # written before digests: trusted
     assert np.array_equal(legacy.read([key_of(7)]), vectors[7][None])
+
+
+def test_a_location_that_cannot_take_a_chunk_is_named_with_what_to_do(tmp_path):
+    """Disk full, read-only or not permitted: one message naming the store, not a traceback
+    (here a location under a file, which fails the same way for any user, root included)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    store = FeatureStore(str(tmp_path / "a-file" / "store"), chunk_vectors=10)
+    with pytest.raises(StoreWriteError, match=r"a-file/store: cannot write a chunk .*"
+                                              r"features\.store"):
+        write(store, range(5))

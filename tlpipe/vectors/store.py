@@ -59,6 +59,10 @@ class CorruptChunk(TlpipeError):
     """A chunk whose content does not match its digests; it has been set aside."""
 
 
+class StoreWriteError(TlpipeError):
+    """The store's location cannot take a new chunk (full, read-only, not permitted)."""
+
+
 class FeatureStore:
     def __init__(self, location: str, chunk_vectors: int = 1024):
         self.location = str(location)
@@ -221,18 +225,24 @@ class FeatureStore:
                                                         vectors.shape[1]),
         }).replace_schema_metadata({KEYS_DIGEST: _keys_digest(keys),
                                     VECTORS_DIGEST: _digest(vectors.tobytes())})
-        self.fs.makedirs(self.chunks_dir, exist_ok=True)
         name = f"{self.chunks_dir}/{time.time_ns():020d}-{uuid.uuid4().hex}{CHUNK_SUFFIX}"
         temporary = f"{name}{TEMPORARY_SUFFIX}"
         try:
+            self.fs.makedirs(self.chunks_dir, exist_ok=True)
             with self.fs.open(temporary, "wb") as handle:
                 # Vectors barely compress; keys are unique, so no dictionary either.
                 pq.write_table(table, handle, compression={"key": "zstd", "vector": "none"},
                                use_dictionary=False, write_statistics=False,
                                write_page_checksum=True)
             self.fs.mv(temporary, name)
+        except OSError as error:  # disk full, read-only, no permission: say where and why
+            why = error.strerror or str(error)
+            raise StoreWriteError(
+                f"feature store {self.location}: cannot write a chunk ({why}): free space "
+                "there, or set features.store to a writable place; vectors already stored are "
+                "kept") from error
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or never made
                 self.fs.rm(temporary)
         return name
 
