@@ -1,9 +1,10 @@
 """One fine-tuning candidate: the backbone plus its trained head with the top blocks unfrozen,
 trained epoch by epoch, fastai-style.
 
-Learning rates shrink with depth, BatchNorm running statistics never move (the pretrained
-statistics are better estimates than a few hundred images give), early stopping keeps the best
-epoch (``training.early_stopping``), and a checkpoint after every epoch lets a killed run
+Learning rates shrink with depth; BatchNorm running statistics stay the pretrained ones (better
+estimates than a few hundred images give) unless the candidate re-estimates them in its
+unfrozen blocks (``finetune.batchnorm: train``); early stopping keeps the best epoch
+(``training.early_stopping``), and a checkpoint after every epoch lets a killed run
 resume exactly (``training.checkpoint``). Each candidate draws dropout from its own random
 stream, so a candidate trained beside others ends exactly as it would alone.
 """
