@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -457,12 +458,23 @@ def test_mlflow_models_serve_answers_a_real_request_with_the_right_label(trained
             data=json.dumps({"dataframe_records": [{IMAGE_COLUMN: i} for i in images]}).encode(),
             headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        bad = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+            data=json.dumps({"dataframe_records": [{IMAGE_COLUMN: images[0]}, {
+                IMAGE_COLUMN: base64.b64encode(b"not an image").decode()}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=60)
+        body = json.loads(refused.value.read())
     finally:
         server.terminate()
         server.wait(timeout=30)
     labels = [row["label"] for row in answer["predictions"]]
     assert labels == ["bees", "ants"]
     assert answer["predictions"][0]["prob_bees"] > 0.5
+    # A bad image is the client's mistake: 400, the row named, no server traceback.
+    assert refused.value.code == 400
+    assert "row 1: not a readable image" in body["message"]
+    assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
 
 
 def test_pyfunc_takes_bytes_and_uint8_arrays_alike(trained, served_champion):

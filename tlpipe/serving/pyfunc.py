@@ -14,10 +14,20 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 IMAGE_COLUMN = "image"
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
+
+
+class BadInput(MlflowException, ValueError):
+    """Input the model cannot score. A server answers it with 400 and this message alone: an
+    MlflowException carries no server traceback, where any other error would."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
@@ -51,9 +61,12 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        batch = torch.stack([self.transform(as_image(value, row, self.decode_side,
-                                                     self.spec.max_pixels))
-                             for row, value in enumerate(model_input[IMAGE_COLUMN])])
+        try:
+            images = [as_image(value, row, self.decode_side, self.spec.max_pixels)
+                      for row, value in enumerate(model_input[IMAGE_COLUMN])]
+        except ValueError as error:
+            raise BadInput(str(error)) from None
+        batch = torch.stack([self.transform(image) for image in images])
         return prediction_frame(self.scorer(batch), self.spec.classes)
 
 
