@@ -71,7 +71,8 @@ def log_and_register(model_dir: Path, model_name: str, alias: str, example_image
         if tags.ARTIFACTS_SHA256 not in existing[0].tags:  # the retried run failed before it
             record_digests(client, model_name, version, run_id)
     else:
-        version = _log_new_version(model_dir, model_name, spec.classes, example_image, run_id)
+        version = _log_new_version(model_dir, model_name, spec.classes, example_image, run_id,
+                                   version_tags, description[:_MAX_DESCRIPTION])
     if description:
         client.update_model_version(model_name, version,
                                     description=description[:_MAX_DESCRIPTION])
@@ -93,7 +94,8 @@ def _describe_model(client: MlflowClient, name: str, description: str) -> None:
 
 
 def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
-                     example_image: Path, run_id: str) -> str:
+                     example_image: Path, run_id: str, version_tags: dict[str, str],
+                     description: str) -> str:
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_ENTRY),
@@ -106,9 +108,13 @@ def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
     # Registered here, not by log_model(registered_model_name=...): that would give the
     # version the logged model's source run (the active run), and only the run named by a
     # version's run id lists it under "Registered models".
+    # Tags and description in the same call: a process killed right after still leaves a
+    # version that says what it is (and, lacking its digest, one that loading refuses).
     client = MlflowClient()
-    version = str(client.create_model_version(model_name, info.model_uri, run_id=run_id,
-                                              model_id=info.model_id).version)
+    version = str(client.create_model_version(
+        model_name, info.model_uri, run_id=run_id, model_id=info.model_id,
+        tags={key: str(value) for key, value in version_tags.items()},
+        description=description or None).version)
     # As log_model's registration does: the logged model's page lists its versions.
     client.set_logged_model_tags(info.model_id, {tags.MODEL_VERSIONS: json.dumps(
         [{"name": model_name, "version": version}])})

@@ -83,6 +83,8 @@ def version_rows(registry: RegistryConfig) -> list[dict[str, str]]:
         verdict = version_tags.get(tags.VERDICT, "-")
         if tags.ROLLED_BACK_BY in version_tags:
             verdict += " (rolled back)"
+        if tags.ARTIFACTS_SHA256 not in version_tags:  # its registration was cut short
+            verdict = "incomplete: no digest (registration cut short), not loadable"
         rows.append({
             "version": str(version.version),
             "aliases": ", ".join(sorted(aliases.get(str(version.version), []))) or "-",
