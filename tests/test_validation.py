@@ -171,3 +171,13 @@ def test_class_names_that_would_break_later_stages_fail_here(healthy):
     manifest = build_manifest(healthy, DataConfig(ignored_names=["..dots"]), SplitConfig(),
                               CONFIG.max_pixels, workers=2)
     assert validate_manifest(manifest, CONFIG)[0].passed  # left out on purpose
+
+
+def test_a_symlink_loop_fails_by_name_instead_of_stopping_the_scan(healthy):
+    (healthy / "ants" / "a.jpg").symlink_to("b.jpg")
+    (healthy / "ants" / "b.jpg").symlink_to("a.jpg")
+    (healthy / "bees" / "up").symlink_to("..")  # a folder loop: links to folders are not followed
+    report, _ = _gate(healthy)
+    assert _failed(report) == {"decodable": ["ants/a.jpg", "ants/b.jpg"]}
+    decodable = next(r for r in report.failures if r.rule == "decodable")
+    assert {o["detail"] for o in decodable.offenders} == {"a symlink loop; not read"}

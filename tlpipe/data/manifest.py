@@ -133,7 +133,7 @@ def _walk(folder: Path, prefix: str, label: str, source_split: str | None, data:
         entries = sorted((e for e in listing if not _ignored(e.name, data)),
                          key=lambda entry: entry.name)
     for entry in entries:
-        if entry.is_dir():  # like os.walk: a link to a folder is not followed
+        if _is_folder(entry):  # like os.walk: a link to a folder is not followed
             continue
         try:
             info = entry.stat()
@@ -142,16 +142,27 @@ def _walk(folder: Path, prefix: str, label: str, source_split: str | None, data:
             facts = (-1, -1, -1)
         rows.append((f"{prefix}{entry.name}", label, source_split, *facts))
     for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
+        if _is_folder(entry) and not entry.is_symlink():
             _walk(Path(entry.path), f"{prefix}{entry.name}/", label, source_split, data, rows)
 
 
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop: listed as a file that cannot be read
+        return False
+
+
 def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
-    inside = path.resolve().is_relative_to(root.resolve())
+    try:
+        inside, loop = path.resolve().is_relative_to(root.resolve()), False
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's word for a symlink loop
+        inside, loop = True, True
     # Decided before opening anything: a FIFO would hang the read, /dev/zero never end it.
-    if not inside or not path.is_file():
-        error = ("symlink to a file outside the data folder; not read" if not inside else
-                 "not a regular file (a FIFO, device or socket); not read")
+    if loop or not inside or not path.is_file():
+        error = ("a symlink loop; not read" if loop else
+                 "symlink to a file outside the data folder; not read" if not inside else
+                 "not a regular file (a FIFO, device or socket), or a dangling link; not read")
         return {"sha256": sha256_text("unread", path), "bytes": 0,
                 "format": None, "width": None, "height": None, "mode": None,
                 "decodable": False, "error": error, "inside_root": inside}
