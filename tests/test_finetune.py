@@ -186,3 +186,29 @@ def test_the_budget_stops_the_search_and_says_so(backbone, data, tmp_path):
     assert "finetune.budget_minutes (0.0001) reached: the search stopped" in result.budget_note
     assert "reached before epoch 1" in result.budget_note
     assert sum(row["outcome"] == "the budget ran out" for row in result.search) == 3
+
+
+def test_a_corrupted_checkpoint_is_set_aside_and_the_training_starts_over(
+        backbone, data, tmp_path, capsys):
+    whole = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3,
+                     tmp_path / "whole.pt", CPU)
+
+    def stop_after_first_epoch(epoch, record):
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "flipped.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU,
+                 on_epoch_end=stop_after_first_epoch)
+    damaged = bytearray(checkpoint.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01  # one bit, somewhere in the saved tensors
+    checkpoint.write_bytes(bytes(damaged))
+
+    again = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint,
+                     CPU)
+    printed = capsys.readouterr()
+    assert "flipped.pt: its content does not match the digest" in printed.out + printed.err
+    assert (tmp_path / "flipped.pt.corrupt").read_bytes() == bytes(damaged)  # kept
+    assert again.resumed_from_epoch is None and again.epochs_run == 2  # started over
+    assert again.history.epochs == whole.history.epochs
+    assert _same_weights(again.model, whole.model)

@@ -1,21 +1,36 @@
 """Fine-tuning checkpoints: after every epoch, everything a killed run needs to resume exactly
 (the same trainable parameters, optimizer moments, schedule position, early-stopping state and
-RNG streams)."""
+RNG streams).
+
+A checkpoint file starts with a line holding the SHA-256 of the rest: a file changed on disk
+is refused (``CorruptCheckpoint``) before anything in it is loaded, and the caller sets it
+aside and starts that training over.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tlpipe.errors import TlpipeError
 from tlpipe.fsio import write_atomic
 from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 
 # What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
 # checkpoint written by another version of this module is never found, let alone misread.
-CHECKPOINT_FORMAT = 5
+CHECKPOINT_FORMAT = 6
+_HEADER = b"tlpipe-checkpoint sha256="
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class CorruptCheckpoint(TlpipeError):
+    """A checkpoint whose content does not match the digest written with it."""
 
 
 @dataclass
@@ -44,15 +59,36 @@ def save(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimi
         **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         "validation_seconds": validation_seconds,
     }
-    write_atomic(path, lambda temporary: torch.save(state, temporary))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = _HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    write_atomic(path, lambda temporary: temporary.write_bytes(header + payload))
+
+
+def _verified_state(path: Path) -> dict:
+    header, _, payload = path.read_bytes().partition(b"\n")
+    if (not header.startswith(_HEADER)
+            or header.removeprefix(_HEADER) != hashlib.sha256(payload).hexdigest().encode()):
+        raise CorruptCheckpoint(f"{path}: its content does not match the digest written with it")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that failed its digest out of the way (kept, not deleted)."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):  # another process of the run did it first
+        path.rename(target)
+    return target
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, patience: int,
             device: torch.device) -> Resumed:
     """Load ``path`` into the model, optimizer and scheduler (the same state in every process)
-    and the RNG (the first process's stream: exact for one process)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    and the RNG (the first process's stream: exact for one process); ``CorruptCheckpoint``,
+    with nothing loaded, if the file does not match its digest."""
+    state = _verified_state(path)
     if state["trainable"] != trainable_names(model):
         raise RuntimeError(f"{path}: trainable parameters differ from this run's; "
                            "delete the checkpoint to start over")

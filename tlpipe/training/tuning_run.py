@@ -160,9 +160,15 @@ class TuningRun:
         backbone, the same for every candidate: ``shared_start`` passes it on). Returns the
         start's validation figures and the seconds a validation pass took."""
         if self.checkpoint.is_file():
-            resumed = checkpoint_file.restore(self.checkpoint, self.model, self.optimizer,
-                                              self.scheduler, self.config.patience,
-                                              self.device)
+            try:
+                resumed = checkpoint_file.restore(self.checkpoint, self.model, self.optimizer,
+                                                  self.scheduler, self.config.patience,
+                                                  self.device)
+            except checkpoint_file.CorruptCheckpoint as error:
+                kept = checkpoint_file.set_aside(self.checkpoint)
+                tqdm.write(f"finetune: WARNING: {error}; set aside as {kept.name}, "
+                           f"{self.candidate.name} starts over")
+                return self.start(shared_start)
             self._rng = _rng_state(self.device)
             self.stopping, self.history = resumed.stopping, resumed.history
             self.validation_s, self.resumed_from = resumed.validation_seconds, resumed.epoch
