@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 
 from tests.images import write_class_folder
@@ -68,6 +69,21 @@ def test_symlink_leading_outside_the_data_folder_is_flagged(tmp_path):
 def test_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(DataLayoutError, match="tlpipe demo-data"):
         _build(tmp_path / "nope")
+
+
+def test_a_scan_state_changed_on_disk_is_not_trusted(tmp_path):
+    """The state remembers each file's hash; one flipped there would give a file another
+    image's split. A state that no longer matches its digest costs a full read, nothing else."""
+    data, state = tmp_path / "data", tmp_path / "state"
+    write_class_folder(data, "cats", 12)
+    write_class_folder(data, "dogs", 12)
+    first = build_manifest(data, DATA, SPLIT, max_pixels=10**8, workers=2, state_dir=state)
+    [state_file] = state.glob("*.parquet")
+    remembered = pd.read_parquet(state_file)
+    remembered.loc[0, "sha256"] = "0" * 64  # attrs, digest included, kept as written
+    remembered.to_parquet(state_file, index=False)
+    again = build_manifest(data, DATA, SPLIT, max_pixels=10**8, workers=2, state_dir=state)
+    assert again.attrs["files_read"] == 24 and again.equals(first)
 
 
 def test_a_rescan_reads_only_new_and_changed_files(tmp_path):

@@ -225,6 +225,10 @@ def _load_state(state_file: Path | None, stats: pd.DataFrame) -> pd.DataFrame:
         state = pd.read_parquet(state_file)
     except Exception:  # an unreadable state only costs a full scan
         return pd.DataFrame(columns=FACTS)
+    if state.attrs.get("sha256") != _state_digest(state):  # changed on disk: trust none of it
+        tqdm.write(f"manifest: WARNING: {state_file} does not match its digest; every file "
+                   "is read again")
+        return pd.DataFrame(columns=FACTS)
     now = stats.reset_index().merge(state, on=STAT, how="inner")
     now = now[now["size"] >= 0]
     return now.set_index("index")[FACTS]
@@ -232,7 +236,15 @@ def _load_state(state_file: Path | None, stats: pd.DataFrame) -> pd.DataFrame:
 
 def _save_state(state_file: Path, stats: pd.DataFrame, frame: pd.DataFrame) -> None:
     state = pd.concat([stats, frame[FACTS].reset_index(drop=True)], axis=1)
+    state.attrs["sha256"] = _state_digest(state)
     write_atomic(state_file, lambda path: state.to_parquet(path, index=False))
+
+
+def _state_digest(state: pd.DataFrame) -> str:
+    """The scan state's content, row by row: a file's remembered facts are trusted only while
+    the state still hashes to what was written with it."""
+    return hashlib.sha256(pd.util.hash_pandas_object(state, index=False).to_numpy().tobytes()
+                          ).hexdigest()
 
 
 def manifest_fingerprint(frame: pd.DataFrame) -> str:
