@@ -4,6 +4,7 @@ it on a schedule, with runs that never overlap."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tlpipe.flows.train import train_flow
 from tlpipe.ops.processes import stop_tree
 from tlpipe.ops.tracking import configure, finishing, start_parent_run
 from tlpipe.params_file import load_params
+from tlpipe.promotion.lock import LockTimeout, lock_name, registry_lock
 from tlpipe.promotion.retrain import (
     NotifyError,
     Outcome,
@@ -71,6 +73,22 @@ def retrain_flow(project_dir: str = ".", params_file: str = "params.yaml", force
 
 
 def _retrain(params: Params, project: Path, force: bool, outcome: Outcome) -> None:
+    """One retrain of a model at a time, wherever it was started: a second one started
+    meanwhile (by hand beside a schedule, or on another host) does nothing and says so."""
+    model = params.registry.model_name
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(registry_lock(model, 0, params.promotion.lock_expiry_s,
+                                             kind="retrain"))
+        except LockTimeout:
+            outcome.outcome = "skipped"
+            outcome.reason = (f"another retrain of {model} is running (its lock "
+                              f"{lock_name(model, 'retrain')!r} is held); this one did nothing")
+            return
+        _retrain_unlocked(params, project, force, outcome)
+
+
+def _retrain_unlocked(params: Params, project: Path, force: bool, outcome: Outcome) -> None:
     data = current_data_version(params, project)
     outcome.data_md5 = data.md5
     champion, newest = registered_state(params.registry)

@@ -32,6 +32,7 @@ def test_the_committed_params_file_is_valid():
     ({"validation": {"quarantine": ["everything"]}}, "validation.quarantine.0"),
     ({"backbones": {}}, "backbones"),
     ({"registry": {"model_name": "cells.promotion-lock"}}, "registry.model_name"),
+    ({"registry": {"model_name": "cells.retrain-lock"}}, "registry.model_name"),
     ({"finetune": {"batchnorm": ["train", "learn"]}}, "finetune.batchnorm.1"),
     ({"evaluation": {"tta": "rotate"}}, "evaluation.tta"),
 ])

@@ -37,7 +37,6 @@ from tlpipe.ops import tracking
 from tlpipe.ops.processes import wait_healthy
 from tlpipe.params_file import load_params
 from tlpipe.promotion.lock import (
-    MARKER,
     MARKER_TAG,
     LockTimeout,
     NotALock,
@@ -375,7 +374,7 @@ def test_lock_waits_breaks_dead_holders_and_times_out(trained):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now belongs to no process: a holder that died without releasing
     client.create_registered_model(lock_name(name), tags={
-        MARKER_TAG: MARKER, "owner": "gone", "host": socket.gethostname(),
+        MARKER_TAG: "promotion", "owner": "gone", "host": socket.gethostname(),
         "pid": str(dead.pid), "acquired_at": str(time.time())})
     with registry_lock(name, wait_s=5, expiry_s=60):
         assert client.get_registered_model(lock_name(name)).tags["owner"] != "gone"
@@ -386,6 +385,14 @@ def test_lock_waits_breaks_dead_holders_and_times_out(trained):
           registry_lock("other", wait_s=5, expiry_s=0)):
         pass
     assert client.get_registered_model(lock_name("other")).tags == {"team": "vision"}
+
+    # A retrain lock is another lock: held, it stops a second retrain at once, not a promotion.
+    with registry_lock(name, wait_s=5, expiry_s=60, kind="retrain"):
+        with (pytest.raises(LockTimeout, match=r"'locked.retrain-lock' \(the retrain lock\)"),
+              registry_lock(name, wait_s=0, expiry_s=60, kind="retrain")):
+            pass
+        with registry_lock(name, wait_s=1, expiry_s=60):
+            pass
 
 
 def harness_env() -> dict[str, str]:

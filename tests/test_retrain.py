@@ -215,3 +215,23 @@ def test_failure_is_recorded_even_when_the_webhook_is_down(tmp_path, prefect_har
     assert run.data.tags["retrain.outcome"] == "failed"
     assert run.data.tags["retrain.reason"].startswith("ValidationFailed")
     assert client.search_model_versions("name = 'retrain-nohook'") == []
+
+
+def test_a_second_retrain_of_the_same_model_does_nothing_and_says_so(tmp_path,
+                                                                      prefect_harness):
+    """Two `tlpipe retrain` at once (by hand beside a schedule, or on two hosts) trained the
+    same data twice; the retrain lock lets one through."""
+    from tlpipe.flows.retrain import retrain_flow
+    from tlpipe.promotion.lock import registry_lock
+
+    project = dvc_project(tmp_path / "project", {"train": 6, "val": 3},
+                          {"registry": {"model_name": "retrain-busy"}})
+    params = load_params(project / "params.yaml")
+    tracking.configure(params.tracking, project)
+    with registry_lock("retrain-busy", wait_s=5, expiry_s=3600, kind="retrain"):  # the first
+        state = retrain_flow(str(project), return_state=True)
+    outcome = state.result()
+    assert outcome["outcome"] == "skipped"
+    assert "another retrain of retrain-busy is running" in outcome["reason"]
+    store = tracking.tracking_uri(params.tracking, project)
+    assert MlflowClient(store, store).search_model_versions("name = 'retrain-busy'") == []

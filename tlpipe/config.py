@@ -282,7 +282,7 @@ def model_name_for(folder_name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-._") or "model"
 
 
-PROMOTION_LOCK_SUFFIX = ".promotion-lock"  # model M's lock: a registered model M + this
+LOCK_KINDS = ("promotion", "retrain")  # model M's locks: registered models M.<kind>-lock
 
 
 class RegistryConfig(Section):
@@ -296,9 +296,9 @@ class RegistryConfig(Section):
 
     @model_validator(mode="after")
     def _names_usable(self) -> RegistryConfig:
-        if self.model_name.endswith(PROMOTION_LOCK_SUFFIX):
+        if self.model_name.endswith(tuple(f".{kind}-lock" for kind in LOCK_KINDS)):
             raise ValueError(f"registry.model_name {self.model_name!r}: names ending in "
-                             f"{PROMOTION_LOCK_SUFFIX!r} are tlpipe's promotion locks")
+                             "'.<kind>-lock' are tlpipe's locks")
         if len({self.alias, self.champion_alias, self.previous_alias}) < 3:
             raise ValueError("registry.alias, registry.champion_alias and "
                              "registry.previous_alias must be three different names")
