@@ -165,8 +165,29 @@ def test_init_refuses_a_folder_that_is_not_empty_and_data_without_class_folders(
         init_project(tmp_path / "taken", None)
     with pytest.raises(TlpipeError, match=r"no class folders found in .*flat"):
         init_project(tmp_path / "new", tmp_path / "flat")
+    with pytest.raises(SettingsError, match=r"--data: .*notes\.txt is not a folder"):
+        init_project(tmp_path / "new", tmp_path / "taken" / "notes.txt")  # exit code 2
     assert not (tmp_path / "new").exists()
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_init_writes_an_imbalance_limit_the_data_passes_and_says_what_will_fail(tmp_path):
+    """A 13x imbalance under the default limit of 10 failed the first run of a new project."""
+    from tlpipe.data.validation import check_folder
+    from tlpipe.params_file import load_params
+
+    data = write_shapes(tmp_path / "shapes", per_class=40, kinds=("disc",))
+    write_shapes(data, per_class=3, kinds=("square",))
+    made = init_project(tmp_path / "project", data)
+    imbalance, few = made.notes
+    assert "imbalanced 13.3x (disc: 40 images, square: 3)" in imbalance
+    assert "max_class_imbalance is written as 14 (default 10)" in imbalance
+    assert few.startswith("square (3): fewer images than validation.min_images_per_class (5)")
+    params = load_params(tmp_path / "project" / "params.yaml")
+    assert params.validation.max_class_imbalance == 14.0
+    report, _ = check_folder(tmp_path / "project" / made.data, params)
+    failed = {outcome.rule for outcome in report.failures}
+    assert "class_imbalance" not in failed and "min_images_per_class" in failed  # as init said
 
 
 def test_a_copy_is_a_copy(tmp_path):

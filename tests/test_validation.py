@@ -82,6 +82,9 @@ def test_unexpected_classes_and_imbalance_fail(tmp_path):
     report, _ = _gate(tmp_path, config, expected=["ants", "wasps"])
     failed = _failed(report)
     assert failed["class_imbalance"] == ["bees"]
+    [outcome] = [r for r in report.failures if r.rule == "class_imbalance"]
+    assert outcome.offenders[0]["detail"] == (
+        "6 images; the largest class has 5.0x as many (limit 3)")  # measured beside the limit
     assert "expected_classes" in failed
 
 

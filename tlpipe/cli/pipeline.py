@@ -38,6 +38,8 @@ def init(
     if made.classes:
         typer.echo(f"  classes: {', '.join(made.classes)}")
     typer.echo(f"  data: {made.data} ({made.placed}: {made.why})")
+    for note in made.notes:
+        typer.secho(f"  note: {note}", fg=typer.colors.YELLOW)
     typer.echo(f"Next: cd {directory} && tlpipe run")
 
 

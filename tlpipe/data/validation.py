@@ -296,7 +296,10 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
         labels = [entry["label"] for entry in result.get("unexpected_index_list") or []]
         offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} images"
                       + (f" ({by_label.loc[label, 'splits']})"
-                         if rule == "split_coverage" else "")}
+                         if rule == "split_coverage" else "")
+                      + (f"; the largest class has {by_label.loc[label, 'imbalance']:.1f}x as "
+                         f"many (limit {config.max_class_imbalance:g})"
+                         if rule == "class_imbalance" else "")}
                      for label in labels]
         if rule == "class_count" and not success:
             offenders = [{"label": ",".join(classes) or "(none)",

@@ -9,6 +9,7 @@ project then costs no disk space however large the folder is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -17,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from tlpipe.commands import python_tool, run_command
-from tlpipe.config import DataConfig, model_name_for
-from tlpipe.data.manifest import DataLayoutError, detect_layout
+from tlpipe.config import DataConfig, ValidationConfig, model_name_for
+from tlpipe.data.manifest import IMAGE_SUFFIXES, SPLITS, DataLayoutError, detect_layout
 from tlpipe.errors import SettingsError, TlpipeError
 
 # Above this, a folder that cannot be hard-linked is not copied unless --copy says so.
@@ -40,6 +41,7 @@ class NewProject:
     data: Path              # the data folder inside the project, relative to it
     placed: str             # "hard-linked", "copied" or "empty"
     why: str                # why the data was placed that way
+    notes: tuple[str, ...] = ()  # what init measured in the data and set (or could not)
 
 
 def template(name: str) -> str:
@@ -52,13 +54,51 @@ def _yaml_scalar(value: str) -> str:
     return value if re.fullmatch(r"[A-Za-z0-9_./-]+", value) else json.dumps(value)
 
 
-def render_params(data_root: str, expected_classes: list[str] | None, model_name: str) -> str:
-    """The documented params.yaml with a project's data, classes and model name filled in."""
+def render_params(data_root: str, expected_classes: list[str] | None, model_name: str,
+                  imbalance: float | None = None) -> str:
+    """The documented params.yaml with a project's data, classes and model name filled in;
+    with ``imbalance`` (measured, above the default limit), a limit the data passes."""
     classes = ("null" if expected_classes is None
                else "[" + ", ".join(map(_yaml_scalar, expected_classes)) + "]")
-    return (template("params.yaml").replace("{{data_root}}", _yaml_scalar(data_root))
+    text = (template("params.yaml").replace("{{data_root}}", _yaml_scalar(data_root))
             .replace("{{expected_classes}}", classes)
             .replace("{{model_name}}", _yaml_scalar(model_name)))
+    if imbalance is not None:
+        default = f"  max_class_imbalance: {ValidationConfig().max_class_imbalance}\n"
+        text = text.replace(default, f"  max_class_imbalance: {math.ceil(imbalance):.1f}"
+                                     f"        # {imbalance:.1f}x measured at tlpipe init\n")
+    return text
+
+
+def data_notes(source: Path, classes: list[str]) -> tuple[float | None, tuple[str, ...]]:
+    """What the default validation limits would say about the data at ``source``: the
+    imbalance to write instead of the default when it is above it, and notes for the user."""
+    counts = {label: _images_in(source, label) for label in classes}
+    if not counts or min(counts.values()) == 0:
+        return None, ()
+    limits = ValidationConfig()
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[largest] / counts[smallest]
+    notes = []
+    if ratio > limits.max_class_imbalance:
+        notes.append(f"classes are imbalanced {ratio:.1f}x ({largest}: {counts[largest]} "
+                     f"images, {smallest}: {counts[smallest]}): validation.max_class_imbalance "
+                     f"is written as {math.ceil(ratio)} (default {limits.max_class_imbalance:g})"
+                     " so the first run passes; training weights the classes to counter it")
+    few = sorted(label for label, count in counts.items()
+                 if count < limits.min_images_per_class)
+    if few:
+        notes.append(f"{', '.join(f'{label} ({counts[label]})' for label in few)}: fewer "
+                     f"images than validation.min_images_per_class "
+                     f"({limits.min_images_per_class}); the first run will fail validation "
+                     "until these classes have more")
+    return (ratio if ratio > limits.max_class_imbalance else None), tuple(notes)
+
+
+def _images_in(source: Path, label: str) -> int:
+    parents = [source / split for split in SPLITS if (source / split).is_dir()] or [source]
+    return sum(1 for parent in parents if (parent / label).is_dir()
+               for path in (parent / label).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _folder_size(folder: Path) -> int:
@@ -126,6 +166,7 @@ def _make(root: Path, source: Path | None, data: Path, name: str, classes: list[
     def run(command: list[str], what: str) -> str:
         return run_command(command, what, InitError, root, env)
 
+    imbalance, notes = data_notes(source, classes) if source else (None, ())
     env = _git_identity(root)
     run(["git", "init", "-q"], "git init")
     dvc = python_tool("dvc")
@@ -134,7 +175,8 @@ def _make(root: Path, source: Path | None, data: Path, name: str, classes: list[
     # Hard links where possible, so `dvc add` and `dvc checkout` copy no image.
     run([*dvc, "config", "cache.type", "hardlink,copy"], "dvc config")
     for file in TEMPLATE_FILES:
-        text = (render_params(str(data), classes or None, name) if file == "params.yaml"
+        text = (render_params(str(data), classes or None, name, imbalance)
+                if file == "params.yaml"
                 else template(file).replace("{{model_name}}", name))
         target = root / file.replace("gitignore", ".gitignore")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,4 +190,4 @@ def _make(root: Path, source: Path | None, data: Path, name: str, classes: list[
         run([*dvc, "add", "-q", str(data)], "dvc add")
     run(["git", "add", "-A"], "git add")
     run(["git", "commit", "-q", "-m", f"tlpipe init: {name}"], "git commit")
-    return NewProject(root, name, classes, data, placed, why)
+    return NewProject(root, name, classes, data, placed, why, notes)
