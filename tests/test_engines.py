@@ -44,6 +44,16 @@ def test_onnxruntime_matches_torch_fp32_and_its_graph_is_made_once(backbone, ima
     feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path, CPU)
     assert graph.stat().st_mtime_ns == made
 
+    # Changed on disk after its one fidelity check: set aside, exported again, right again.
+    (tmp_path / f"{graph.stem}.json").write_text("{}")  # as if checked
+    damaged = bytearray(graph.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x20
+    graph.write_bytes(bytes(damaged))
+    engine = feature_engine(backbone, FeaturesConfig(engine="onnxruntime"), tmp_path, CPU)
+    assert graph.with_name(graph.name + ".corrupt").read_bytes() == bytes(damaged)
+    assert not (tmp_path / f"{graph.stem}.json").exists()  # it will be checked anew
+    assert cosine_distances(engine.forward(batch), exact).max() < 1e-6
+
 
 def manifest_of(paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"path": paths, "label": [p.split("/")[1] for p in paths],

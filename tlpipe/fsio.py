@@ -58,3 +58,16 @@ def file_sha256(path: str | Path) -> str:
 
 def sha256_text(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()
+
+
+# A file that failed its integrity check is renamed with this suffix: kept for inspection, out
+# of the way of whatever rebuilds it.
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``path`` + ``CORRUPT_SUFFIX``; fine if another process did first."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        path.replace(target)
+    return target

@@ -9,7 +9,6 @@ aside and starts that training over.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 # checkpoint written by another version of this module is never found, let alone misread.
 CHECKPOINT_FORMAT = 6
 _HEADER = b"tlpipe-checkpoint sha256="
-CORRUPT_SUFFIX = ".corrupt"
 
 
 class CorruptCheckpoint(TlpipeError):
@@ -73,13 +71,6 @@ def _verified_state(path: Path) -> dict:
         raise CorruptCheckpoint(f"{path}: its content does not match the digest written with it")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
-
-def set_aside(path: Path) -> Path:
-    """Rename a checkpoint that failed its digest out of the way (kept, not deleted)."""
-    target = path.with_name(path.name + CORRUPT_SUFFIX)
-    with contextlib.suppress(FileNotFoundError):  # another process of the run did it first
-        path.rename(target)
-    return target
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

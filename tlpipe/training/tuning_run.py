@@ -25,7 +25,7 @@ from torch.nn import functional
 from tqdm.auto import tqdm
 
 from tlpipe.config import AugmentConfig, FinetuneConfig
-from tlpipe.fsio import sha256_text
+from tlpipe.fsio import set_aside, sha256_text
 from tlpipe.training import checkpoint as checkpoint_file
 from tlpipe.training.distributed import Rank
 from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory, ValidationScores
@@ -165,7 +165,7 @@ class TuningRun:
                                                   self.scheduler, self.config.patience,
                                                   self.device)
             except checkpoint_file.CorruptCheckpoint as error:
-                kept = checkpoint_file.set_aside(self.checkpoint)
+                kept = set_aside(self.checkpoint)
                 tqdm.write(f"finetune: WARNING: {error}; set aside as {kept.name}, "
                            f"{self.candidate.name} starts over")
                 return self.start(shared_start)

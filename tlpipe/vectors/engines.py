@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from tlpipe.config import FeaturesConfig
 from tlpipe.devices import CPU
 from tlpipe.errors import SettingsError
-from tlpipe.fsio import atomic_path, sha256_text, write_json
+from tlpipe.fsio import atomic_path, file_sha256, set_aside, sha256_text, write_json, write_text
 from tlpipe.vectors.backbones import Backbone
 
 OPSET = 18
@@ -127,11 +128,21 @@ def feature_engine(backbone: Backbone, config: FeaturesConfig, engine_dir: Path,
 
 
 def _exported(backbone: Backbone, engine_dir: Path) -> Path:
+    """The backbone's ONNX graph, exported once. Its digest is kept beside it: a graph that
+    no longer matches (changed on disk after its one fidelity check) is set aside as
+    ``*.corrupt`` and exported again, with its check."""
     size = backbone.preprocessing.input_size
     key = sha256_text(backbone.weights_digest, size, torch.__version__, OPSET)[:16]
     graph = engine_dir / f"{backbone.name.replace('/', '_')}-{key}.onnx"
+    digest = graph.with_name(graph.name + ".sha256")
     if graph.is_file():
-        return graph
+        if digest.is_file() and digest.read_text().strip() == file_sha256(graph):
+            return graph
+        if digest.is_file():
+            kept = set_aside(graph)
+            tqdm.write(f"features: WARNING: {graph} does not match its digest; set aside as "
+                       f"{kept.name} and exported again")
+        graph.with_suffix(".json").unlink(missing_ok=True)  # its fidelity check goes with it
     graph.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, size, size)
     with atomic_path(graph) as temporary:
@@ -139,6 +150,7 @@ def _exported(backbone: Backbone, engine_dir: Path) -> Path:
                           input_names=["pixels"], output_names=["features"],
                           opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
                           dynamic_shapes=({0: torch.export.Dim("batch")},))
+    write_text(digest, file_sha256(graph))
     return graph
 
 

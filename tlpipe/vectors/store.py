@@ -41,10 +41,10 @@ import pyarrow.parquet as pq
 import torch
 
 from tlpipe.errors import TlpipeError
+from tlpipe.fsio import CORRUPT_SUFFIX
 
 CHUNK_SUFFIX = ".parquet"
 TEMPORARY_SUFFIX = ".tmp"
-CORRUPT_SUFFIX = ".corrupt"
 KEYS_DIGEST, VECTORS_DIGEST = b"tlpipe.keys_sha256", b"tlpipe.vectors_sha256"
 # A plan's view 0 of an image is its evaluation preprocessing; views 1..N are augmented.
 PLAIN_VIEW = 0
