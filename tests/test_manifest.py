@@ -86,6 +86,36 @@ def test_a_scan_state_changed_on_disk_is_not_trusted(tmp_path):
     assert again.attrs["files_read"] == 24 and again.equals(first)
 
 
+def test_files_that_change_while_they_are_read_stop_the_scan_and_record_nothing(
+        tmp_path, monkeypatch):
+    """A copy still writing into the folder: the manifest (and the data version made from it)
+    must describe one state of the folder, not a mix."""
+    from tlpipe.data import manifest
+
+    data, state = tmp_path / "data", tmp_path / "state"
+    write_class_folder(data, "cats", 12)
+    write_class_folder(data, "dogs", 12)
+    growing = sorted((data / "dogs").iterdir())[3]
+    describe = manifest._describe_file
+
+    def describe_while_a_copy_writes(path, root, max_pixels):
+        if path == growing:  # the writer appends just after this file was read
+            facts = describe(path, root, max_pixels)
+            with growing.open("ab") as handle:
+                handle.write(b"more bytes")
+            return facts
+        return describe(path, root, max_pixels)
+
+    monkeypatch.setattr(manifest, "_describe_file", describe_while_a_copy_writes)
+    with pytest.raises(manifest.DataChangedError, match=rf"1 file\(s\) changed while they were "
+                                                       rf"read \(first: dogs/{growing.name}\)"):
+        build_manifest(data, DATA, SPLIT, max_pixels=10**8, workers=2, state_dir=state)
+    assert not list(state.glob("*.parquet"))  # nothing recorded
+    monkeypatch.undo()
+    assert build_manifest(data, DATA, SPLIT, max_pixels=10**8, workers=2,
+                          state_dir=state).attrs["files_read"] == 24  # still: it scans
+
+
 def test_a_rescan_reads_only_new_and_changed_files(tmp_path):
     data, state = tmp_path / "data", tmp_path / "state"
     write_class_folder(data, "cats", 12)

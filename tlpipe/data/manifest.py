@@ -40,6 +40,10 @@ class DataLayoutError(TlpipeError):
     """A data folder that is not a folder of class folders."""
 
 
+class DataChangedError(TlpipeError):
+    """Files of the data folder changed while the scan read them."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which splits the source folder provides, and the class folders under each."""
@@ -194,6 +198,7 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
             pool.map(lambda index: _describe_file(root / files.at[index, "path"], root,
                                                   max_pixels), unread),
             total=len(unread), desc="manifest", unit="file")), index=unread, columns=FACTS)
+    _unchanged_while_read(root, files.loc[unread])
     parts = [part for part in (known, fresh) if len(part)]
     facts = pd.concat(parts).sort_index() if parts else fresh
     frame = files[["path", "label", "source_split"]].assign(
@@ -208,6 +213,28 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
     frame.attrs["hidden_folders"] = list(layout.hidden)
     frame.attrs[FILES_READ] = len(unread)
     return frame
+
+
+def _unchanged_while_read(root: Path, listed: pd.DataFrame) -> None:
+    """Stop, recording nothing, if a file read by this scan changed (or went) between being
+    listed and being read: a manifest, and so a data version, must describe one state."""
+    changed = []
+    for path, size, mtime_ns in zip(listed["path"], listed["size"], listed["mtime_ns"],
+                                    strict=True):
+        if size < 0:
+            continue  # unreadable when listed: described as such
+        try:
+            now = (root / path).stat()
+        except OSError:
+            changed.append(path)
+            continue
+        if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
+            changed.append(path)
+    if changed:
+        raise DataChangedError(
+            f"{root}: {len(changed)} file(s) changed while they were read (first: "
+            f"{changed[0]}); nothing was recorded. Run again once the folder is still (finish "
+            "the copy or sync that is writing to it)")
 
 
 def _state_name(root: Path, max_pixels: int) -> str:
