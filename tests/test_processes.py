@@ -30,8 +30,18 @@ def start_run(tmp_path: Path, extra: dict | None = None) -> tuple[subprocess.Pop
     process = subprocess.Popen(
         [sys.executable, "-m", "tlpipe.cli.main", "run"], cwd=project,
         env=cli_env(tmp_path / "prefect-home"), start_new_session=True,
-        stdout=(tmp_path / "out.txt").open("w"), stderr=subprocess.STDOUT)
+        preexec_fn=_default_ctrl_c, stdout=(tmp_path / "out.txt").open("w"),
+        stderr=subprocess.STDOUT)
     return process, project
+
+
+def _default_ctrl_c() -> None:
+    """What a shell does for a foreground command: Ctrl-C handled by default. A child inherits
+    an ignored or blocked SIGINT, and the test worker can have either from an earlier test in
+    the same process (in the full suite this run once finished all 200 epochs, deaf to
+    Ctrl-C, while alone it always stopped)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def output(tmp_path: Path) -> str:
