@@ -87,18 +87,22 @@ def test_learning_rates_shrink_deeper_and_only_the_top_blocks_train(backbone):
     backbone.model.requires_grad_(False)  # leave the shared fixture frozen
 
 
+def _killed_after_first_epoch(backbone, data, checkpoint):
+    """A run of CONFIG (seed 3) interrupted as its first epoch ends; its checkpoint."""
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU,
+                 on_epoch_end=stop)
+    return checkpoint
+
+
 def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(
         backbone, data, tmp_path):
     whole = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3,
                      tmp_path / "whole.pt", CPU)
-
-    def stop_after_first_epoch(epoch, record):
-        raise KeyboardInterrupt
-
-    checkpoint = tmp_path / "split.pt"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU,
-                 on_epoch_end=stop_after_first_epoch)
+    checkpoint = _killed_after_first_epoch(backbone, data, tmp_path / "split.pt")
     resumed = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU)
     assert resumed.resumed_from_epoch == 0 and resumed.epochs_run == 1
     assert [e["epoch"] for e in resumed.history.epochs] == [0, 1]
@@ -192,14 +196,7 @@ def test_a_corrupted_checkpoint_is_set_aside_and_the_training_starts_over(
         backbone, data, tmp_path, capsys):
     whole = finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3,
                      tmp_path / "whole.pt", CPU)
-
-    def stop_after_first_epoch(epoch, record):
-        raise KeyboardInterrupt
-
-    checkpoint = tmp_path / "flipped.pt"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(backbone, _head(backbone), data, CONFIG, AugmentConfig(), 3, checkpoint, CPU,
-                 on_epoch_end=stop_after_first_epoch)
+    checkpoint = _killed_after_first_epoch(backbone, data, tmp_path / "flipped.pt")
     damaged = bytearray(checkpoint.read_bytes())
     damaged[len(damaged) // 2] ^= 0x01  # one bit, somewhere in the saved tensors
     checkpoint.write_bytes(bytes(damaged))
