@@ -112,8 +112,7 @@ class FeatureStore:
         """The chunk's keys, or None if they fail their digest (the chunk is set aside)."""
         try:
             return self._read_keys(chunk)
-        except CorruptChunk as error:
-            self._set_aside(chunk, str(error))
+        except CorruptChunk:
             return None
 
     def keys(self) -> set[str]:
@@ -170,7 +169,7 @@ class FeatureStore:
     def _read_keys(self, chunk: str) -> list[str]:
         table = self._read_column(chunk, "key")
         keys = table.column("key").to_pylist()
-        _check(chunk, table, KEYS_DIGEST, _keys_digest(keys), "keys")
+        self._check(chunk, table, KEYS_DIGEST, _keys_digest(keys), "keys")
         return keys
 
     def _vectors(self, chunk: str) -> np.ndarray:
@@ -178,11 +177,7 @@ class FeatureStore:
         table = self._read_column(chunk, "vector")
         vectors = _matrix(table.column("vector"))
         if chunk not in self._verified:
-            try:
-                _check(chunk, table, VECTORS_DIGEST, _digest(vectors.tobytes()), "vectors")
-            except CorruptChunk as error:
-                self._set_aside(chunk, str(error))
-                raise
+            self._check(chunk, table, VECTORS_DIGEST, _digest(vectors.tobytes()), "vectors")
             self._verified.add(chunk)
         return vectors
 
@@ -193,16 +188,24 @@ class FeatureStore:
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowException) as error:  # a page checksum, or a torn footer
-            self._set_aside(chunk, f"chunk {chunk} is unreadable ({error})")
-            raise CorruptChunk(f"chunk {chunk} is unreadable ({error})") from None
+            raise self._set_aside(chunk, f"chunk {chunk} is unreadable ({error})") from None
 
-    def _set_aside(self, chunk: str, why: str) -> None:
-        """Rename a failing chunk out of the listing (kept for inspection, not deleted)."""
+    def _check(self, chunk: str, table: pa.Table, field: bytes, actual: str, what: str
+               ) -> None:
+        expected = (table.schema.metadata or {}).get(field)
+        if expected is not None and expected.decode() != actual:  # None: before digests
+            raise self._set_aside(chunk, f"chunk {chunk}: its {what} do not match the digest "
+                                         "written with them")
+
+    def _set_aside(self, chunk: str, why: str) -> CorruptChunk:
+        """Rename a failing chunk out of the listing (kept for inspection, not deleted); the
+        error to raise."""
         with contextlib.suppress(FileNotFoundError):  # another process set it aside first
             self.fs.mv(chunk, chunk + CORRUPT_SUFFIX)
         self._keys_of.pop(chunk, None)
         if why not in self.set_aside:
             self.set_aside.append(why)
+        return CorruptChunk(why)
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[ChunkWriter]:
@@ -305,13 +308,6 @@ def _digest(data: bytes) -> str:
 
 def _keys_digest(keys: list[str]) -> str:
     return _digest("\n".join(keys).encode())
-
-
-def _check(chunk: str, table: pa.Table, field: bytes, actual: str, what: str) -> None:
-    expected = (table.schema.metadata or {}).get(field)
-    if expected is not None and expected.decode() != actual:  # None: written before digests
-        raise CorruptChunk(f"chunk {chunk}: its {what} do not match the digest written with "
-                           "them")
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
