@@ -34,8 +34,6 @@ import numpy as np
 import pandas as pd
 import torch
 from common import DEMO
-from PIL import Image
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
@@ -44,7 +42,7 @@ from torch import nn
 from torch.nn import functional
 from tqdm.auto import tqdm
 
-from tests.images import write_shapes
+from tests.images import write_digits, write_shapes
 from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.params_file import deep_merge, overrides_from, parse_params
@@ -73,20 +71,6 @@ def demo(root: Path) -> Path:
     return root
 
 
-def digits(root: Path, per_class: int = 40) -> Path:
-    images, labels = load_digits(return_X_y=True)
-    counts: dict[int, int] = {}
-    for pixels, label in zip(images, labels, strict=True):
-        if counts.get(label, 0) >= per_class:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        folder = root / f"digit_{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray((pixels.reshape(8, 8) * 255 / 16).astype(np.uint8), "L")
-        image.resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"{counts[label]}.png")
-    return root
-
-
 def fewshot(root: Path, per_class: int = 10) -> Path:
     """10 training images per class; the demo's own val/ (153 images) is the test split."""
     for class_dir in sorted((DEMO / "train").iterdir()):
@@ -98,7 +82,7 @@ def fewshot(root: Path, per_class: int = 10) -> Path:
     return root
 
 
-DATASETS = {"demo": demo, "digits": digits,
+DATASETS = {"demo": demo, "digits": lambda root: write_digits(root, per_class=40, side=64),
             "shapes": lambda root: write_shapes(root, per_class=40), "fewshot": fewshot,
             # Not in the default run: the 25-minute end-to-end check at 2,000 images.
             "shapes2000": lambda root: write_shapes(root, per_class=1000,

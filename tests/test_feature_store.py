@@ -88,6 +88,22 @@ def test_compaction_merges_the_small_chunks_of_many_small_runs(tmp_path):
     assert store.compact() == 0  # one chunk: nothing to merge
 
 
+def test_compaction_keeps_vectors_of_different_widths_apart(tmp_path):
+    """Two backbones (or a backbone and the images' pixels) share one store."""
+    store = FeatureStore(str(tmp_path), chunk_vectors=100)
+    narrow = {f"narrow{i}": np.full(3, i, dtype=np.float32) for i in range(20)}
+    for start in (0, 10):
+        with store.writer() as writer:
+            writer.add(list(narrow)[start:start + 10], list(narrow.values())[start:start + 10])
+    for start in range(0, 20, 10):
+        write(store, range(start, start + 10))
+    assert store.compact() == 4
+    assert len(store.chunks()) == 2
+    assert np.array_equal(store.read(list(narrow)), np.stack(list(narrow.values())))
+    assert np.array_equal(store.read([key_of(i) for i in range(20)]),
+                          np.stack([vector_of(i) for i in range(20)]))
+
+
 class CompactedMidway(FeatureStore):
     """A store whose compaction is overtaken: between its listing of the small chunks and its
     reading of them, another process (a concurrent shard) compacts the same folder."""

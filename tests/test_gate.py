@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from sklearn.metrics import accuracy_score, f1_score
 
 from tlpipe.config import PromotionConfig
+from tlpipe.promotion.baseline import scores_of
 from tlpipe.promotion.gate import Scores, apply_gate, mcnemar_exact_p
 
 RULE = PromotionConfig(floor=0.8, min_improvement=0.0, max_recall_drop=0.05, significance=0.05)
@@ -79,3 +82,64 @@ def test_a_small_test_split_is_named_with_its_interval_and_a_large_one_is_not():
     assert small_split_warning(["a"] * 40 + ["b"] * 40, 70, 30, 10) is None
     thin = small_split_warning(["a"] * 40 + ["b"] * 5, 40, 30, 10)
     assert "under evaluation.min_test_per_class=10: b 5" in thin
+
+
+BASELINE = RULE.model_copy(update={"floor": "baseline"})
+CLASSES = ("common", "middling", "rare")
+
+
+def scored(truth: np.ndarray, predicted: np.ndarray) -> Scores:
+    """Scores of real predictions, through the same metrics as evaluation."""
+    probabilities = np.eye(len(CLASSES))[predicted]
+    return Scores.from_probabilities("1", truth, probabilities, list(CLASSES), 10)
+
+
+def imbalanced_truth() -> np.ndarray:
+    return np.repeat([0, 1, 2], [140, 45, 15])  # 200 test images, 9:3:1
+
+
+def test_the_majority_and_shuffled_baselines_score_as_sklearn_does():
+    rng = np.random.default_rng(3)
+    truth, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    predicted[predicted == 3] = 2  # a class never predicted: its F1 counts 0
+    for metric, reference in (("accuracy", accuracy_score(truth, predicted)),
+                              ("macro_f1", f1_score(truth, predicted, average="macro",
+                                                    labels=range(4), zero_division=0))):
+        assert scores_of(truth, predicted, 4, metric)[0] == pytest.approx(reference)
+        shuffled = np.stack([rng.permutation(truth) for _ in range(3)])
+        assert scores_of(shuffled, predicted, 4, metric) == pytest.approx(
+            [f1_score(row, predicted, average="macro", labels=range(4), zero_division=0)
+             if metric == "macro_f1" else accuracy_score(row, predicted) for row in shuffled])
+
+
+def test_a_weak_but_real_model_on_hard_imbalanced_data_passes_the_baseline_floor():
+    """Macro-F1 near 0.56, far under a fixed 0.8 floor, yet it knows the classes."""
+    truth = imbalanced_truth()
+    rng = np.random.default_rng(0)
+    predicted = np.where(rng.random(len(truth)) < 0.55, truth, rng.integers(0, 3, len(truth)))
+    challenger = scored(truth, predicted)
+    assert 0.45 < challenger.metrics["macro_f1"] < 0.7
+    assert not apply_gate(RULE, challenger, None).passed  # the fixed floor refuses it
+    result = apply_gate(BASELINE, challenger, None)
+    assert result.passed, result.reason
+    assert "beats the baselines on this split: always 'common' 0.27" in result.reason
+
+
+def test_guessing_or_always_answering_the_common_class_is_refused():
+    truth = imbalanced_truth()
+    guesses = np.random.default_rng(1).choice(3, len(truth), p=[0.7, 0.2, 0.1])
+    always_common = np.zeros_like(truth)
+    for predicted in (guesses, always_common):
+        result = apply_gate(BASELINE, scored(truth, predicted), None)
+        assert checks(result) == {"floor": False, "first_champion": True}
+        assert "does not beat the baselines" in result.reason
+    # Accuracy is no easier to fool: always 'common' is right 70% of the time.
+    by_accuracy = BASELINE.model_copy(update={"metric": "accuracy"})
+    assert not apply_gate(by_accuracy, scored(truth, always_common), None).passed
+
+
+def test_the_baseline_floor_is_the_same_every_time():
+    truth = imbalanced_truth()
+    predicted = np.where(np.arange(len(truth)) % 3 == 0, truth, 0)
+    first = apply_gate(BASELINE, scored(truth, predicted), None)
+    assert apply_gate(BASELINE, scored(truth, predicted), None) == first

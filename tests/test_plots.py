@@ -23,6 +23,8 @@ from tlpipe.reports.augment_preview import (
     preview_titles,
     save_augmentation_preview,
 )
+from tlpipe.reports.mistakes import mistakes_of, render_mistakes
+from tlpipe.stages.evaluate import prediction_rows
 from tlpipe.vectors.backbones import Preprocessing
 
 TINY = Preprocessing(input_size=32, resize_size=36, interpolation="bilinear",
@@ -77,7 +79,10 @@ def test_confusion_png_has_actual_rows_and_predicted_columns(tmp_path, monkeypat
     axis = figures[0].axes[0]
     assert (axis.get_xlabel(), axis.get_ylabel()) == ("predicted", "actual")
     cells = {tuple(map(int, text.get_position())): text.get_text() for text in axis.texts}
-    assert cells[(1, 0)] == "1" and cells[(0, 1)] == "2"  # (x = column, y = row)
+    # (x = column, y = row): the count, and its share of the actual class (the row).
+    assert cells[(1, 0)] == "1\n17%" and cells[(0, 1)] == "2\n22%"
+    colours = axis.images[0].get_array()
+    assert colours[1][1] == pytest.approx(7 / 9)  # coloured by share, not by count
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +97,12 @@ def dvc_plots(tmp_path_factory) -> dict:
     curves = evaluate.curve_points(HISTORY)
     for name in ("curves_head.json", "curves_finetune.json"):
         (data / name).write_text(json.dumps(curves))
-    (data / "predictions.json").write_text(json.dumps(
-        [{"path": f"{i}.jpg", "actual": actual, "predicted": predicted} for i, (actual, predicted)
-         in enumerate([("ants", "ants")] * 5 + [("ants", "bees"), ("bees", "ants")])]))
+    pairs = [("ants", "ants")] * 5 + [("ants", "bees"), ("bees", "ants")]
+    probabilities = np.array([[0.9, 0.1] if predicted == "ants" else [0.2, 0.8]
+                              for _, predicted in pairs])
+    truth = np.array([["ants", "bees"].index(actual) for actual, _ in pairs])
+    (data / "predictions.json").write_text(json.dumps(prediction_rows(
+        [f"{i}.jpg" for i in range(len(pairs))], truth, probabilities, ["ants", "bees"])))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in (["init", "--no-scm", "-q"], ["plots", "show", "--json"]):
         result = subprocess.run([sys.executable, "-m", "dvc", *command], cwd=repo, env=env,
@@ -121,3 +129,31 @@ def test_dvc_curves_have_whole_epoch_ticks(dvc_plots, plot):
     x = content["encoding"]["x"]
     assert x["field"] == "epoch" and x["axis"]["tickMinStep"] == 1 and x["axis"]["format"] == "d"
     assert {row["epoch"] for row in content["data"]["values"]} == {0, 1, 2}
+
+
+def test_predictions_carry_every_probability_and_the_mistakes_page_shows_the_worst_first(
+        tmp_path):
+    classes = ["cat", "dog", "<b>fox</b>"]
+    paths = []
+    for index in range(4):
+        Image.new("RGB", (40 + 10 * index, 30), (60 * index, 90, 120)).save(
+            tmp_path / f"{index}.png")
+        paths.append(f"{index}.png")
+    paths.append("gone.png")  # deleted after scoring: the page says so, and still renders
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.05, 0.05, 0.9],
+                              [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+    truth = np.array([0, 0, 1, 1, 0])
+    rows = prediction_rows(paths, truth, probabilities, classes)
+    assert rows[1] == {"path": "1.png", "actual": "cat", "predicted": "dog",
+                       "probability": 0.6, "prob_cat": 0.3, "prob_dog": 0.6,
+                       "prob_<b>fox</b>": 0.1}
+    assert [row["path"] for row in mistakes_of(rows)] == ["2.png", "gone.png", "1.png"]
+
+    page = render_mistakes(rows, classes, tmp_path, max_images=2)
+    assert "3 of 5 test images misclassified; the 2 most confident shown" in page
+    assert page.count("<figure>") == 2 and page.index("2.png") < page.index("gone.png")
+    assert "cannot show" in page and "1.png</figcaption>" not in page
+    assert "<b>fox</b>" not in page and "&lt;b&gt;fox&lt;/b&gt;" in page
+    assert "data:image/jpeg;base64," in page
+    assert "No mistakes" in render_mistakes(rows[:1], classes, tmp_path, max_images=5)
+

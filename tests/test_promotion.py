@@ -28,9 +28,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+import tlpipe
 from tests.conftest import cli_env, copy_slice, free_port, make_project
 from tlpipe import tags
 from tlpipe.cli.main import app
+from tlpipe.errors import TlpipeError
 from tlpipe.flows.promote import promote_flow
 from tlpipe.flows.train import train_flow
 from tlpipe.ops import tracking
@@ -60,7 +62,8 @@ def trained(tmp_path_factory, prefect_harness):
     data = copy_slice(base / "data", {"train": 40, "val": 40})
     project = make_project(base / "project", data, {
         "finetune": {"epochs": 0}, "registry": {"model_name": "story"},
-        "promotion": {"after_training": True}})
+        # A fixed floor: the weak run's story (tests/test_gate.py covers the baseline floor).
+        "promotion": {"after_training": True, "floor": 0.8}})
     params = load_params(project / "params.yaml")
     models = {}
     runs = {}
@@ -514,6 +517,25 @@ def test_predict_folder_writes_csv_and_reports_unreadable_files(trained, served_
     assert "not a readable image" in broken["error"].iloc[0]
     scored = frame[frame["error"] == ""]
     assert (scored["label"] == "bees").mean() >= 0.8
+
+    # The same in Python, in one line: the same labels and probabilities, the same error.
+    model = tlpipe.load(served_champion, project=trained.project, device="cpu")
+    assert model.name == served_champion and "champion" in model.aliases
+    assert model._pyfunc.model_config["device"] == "cpu"  # taken, not ignored with a warning
+    assert model.classes == ["ants", "bees"] and "ants" in repr(model)
+    loaded = model.predict(folder, batch_size=16)
+    assert list(loaded["path"]) == list(frame["path"])
+    assert list(loaded["label"].fillna("")) == list(frame["label"])
+    assert np.allclose(loaded[["prob_ants", "prob_bees"]].fillna(-1).to_numpy(),
+                       frame[["prob_ants", "prob_bees"]].replace("", -1).astype(float)
+                       .to_numpy(), atol=1e-6)
+    assert list(loaded["error"]) == list(frame["error"])
+    bees = sorted((folder / "bees").iterdir())[:3]
+    assert np.allclose(model.predict_proba(bees).sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match=r"broken\.jpg"):
+        model.predict_proba(folder / "broken.jpg")
+    with pytest.raises(TlpipeError, match="nonexistent"):
+        tlpipe.load(f"{served_champion}@nonexistent", project=trained.project)
 
 
 def test_export_onnx_matches_pytorch_in_onnxruntime(trained, served_champion, monkeypatch,

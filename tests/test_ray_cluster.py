@@ -105,9 +105,11 @@ def cluster():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, demo_root, cluster):
     project = make_project(tmp_path_factory.mktemp("ray") / "project", demo_root, {
-        # eval_resize crop: the counts below are of the plan alone, which the cluster shares.
+        # One option (crop, no pixels): the counts below are of the plan alone, which the
+        # cluster shares.
         "validation": {"quarantine": ["format"]},
-        "features": {"views": 1, "chunk_vectors": 64, "eval_resize": "crop"},
+        "features": {"views": 1, "chunk_vectors": 64, "eval_resize": "crop",
+                     "try_pixels": False},
         "cluster": {"engine": "ray", "address": cluster}})
     params = load_params(project / "params.yaml")
     manifest.compute(params, project)

@@ -21,9 +21,10 @@ from tlpipe.vectors.store import CORRUPT_SUFFIX, FeatureStore
 def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("scale-out")
     data = copy_slice(base / "data", {"train": 14, "val": 8})
-    # eval_resize crop: the counts below are of the plan alone, which the shards share.
-    project = make_project(base / "project", data, {"finetune": {"epochs": 1},
-                                                    "features": {"eval_resize": "crop"}})
+    # One option (crop, no pixels): the counts below are of the plan alone, which the
+    # shards share.
+    project = make_project(base / "project", data, {
+        "finetune": {"epochs": 1}, "features": {"eval_resize": "crop", "try_pixels": False}})
     params = load_params(project / "params.yaml")
     manifest.compute(params, project)
     validate.compute(params, project)

@@ -16,5 +16,13 @@ The library is grouped by the path the data takes; each folder's docstring says 
     flows/, tasks/  (links to the repository's top-level folders) the Prefect flows and tasks
 
 Shared by all: config (the one typed configuration), errors, tags, fsio, commands, paths,
-devices, metrics.
+devices, metrics. Above all of them, like cli/: api (``tlpipe.load``, the Python API).
 """
+
+
+def load(model: str, project: str = ".", device: str | None = None):
+    """A registered model, ready to ``predict`` image files: ``tlpipe.load("cats@champion")``.
+    See ``tlpipe.api.load``."""
+    from tlpipe.api import load as load_model
+
+    return load_model(model, project, device)

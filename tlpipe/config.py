@@ -136,12 +136,12 @@ class FeaturesConfig(Section):
     # Split extraction into this many Prefect task runs (workers can take them in parallel);
     # they fill the same content-addressed cache, so the result does not depend on it.
     shards: PositiveInt = 1
-    # How evaluation and serving fit an image to the backbone's input: "crop" resizes the
-    # shorter side and takes the centre (the backbone's pretraining recipe), "resize" squeezes
-    # the whole image to the input size (nothing cut off), "auto" picks one by validation: the
-    # crop cuts off what sits at the borders (defects, strokes of a digit), and costs one more
-    # plain forward per training and validation image to check (2.3 s on the demo).
+    # How evaluation fits an image to the backbone's input: "crop" (pretraining's centre crop),
+    # "resize" (the whole image squeezed) or "auto": the better by the probe on train + val.
     eval_resize: Literal["crop", "resize", "auto"] = "auto"
+    # Also score the images' own pixels (32x32 grey) by that probe; they replace the backbone
+    # where they separate the classes better (data far from photos: digits, glyphs).
+    try_pixels: bool = True
 
 
 class ClusterConfig(Section):
@@ -266,9 +266,9 @@ class FinetuneConfig(Section):
 class EvaluationConfig(Section):
     calibration_bins: Annotated[int, Field(ge=2)] = 10
     batch_size: PositiveInt = 32
-    # Fewer test images than these and the figures are flagged as too noisy to trust.
-    min_test_images: Annotated[int, Field(ge=0)] = 30
+    min_test_images: Annotated[int, Field(ge=0)] = 30  # fewer: the figures are flagged
     min_test_per_class: Annotated[int, Field(ge=0)] = 10
+    mistakes_shown: PositiveInt = 100  # the most confident wrong answers in mistakes.html
     # "flip": each image's probabilities averaged with its mirror image's, in evaluation,
     # serving and ONNX alike (fastai's tta); "auto": only if that helps on validation.
     tta: Literal["auto", "flip", "none"] = "auto"
@@ -311,7 +311,9 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class PromotionConfig(Section):
     after_training: bool = True           # run the promotion flow at the end of each training run
     metric: Literal["macro_f1", "accuracy"] = "macro_f1"
-    floor: Probability = 0.8              # any champion must reach this on the current test split
+    # Any champion must reach this on the current test split; baseline: beat always answering
+    # the most frequent class, and chance (a permutation test at `significance`).
+    floor: Probability | Literal["baseline"] = "baseline"
     min_improvement: Probability = 0.0    # over the champion, re-scored on the same split
     max_recall_drop: Probability = 0.05   # no class may lose more recall than this
     significance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # one-sided exact McNemar

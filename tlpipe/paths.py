@@ -42,6 +42,7 @@ class Outputs:
     curves_png = property(lambda self: self.root / "evaluate" / "learning_curves.png")
     model_card = property(lambda self: self.root / "evaluate" / "model_card.md")
     predictions_json = property(lambda self: self.root / "evaluate" / "predictions.json")
+    mistakes_html = property(lambda self: self.root / "evaluate" / "mistakes.html")
 
     def curves_json(self, stage: str) -> Path:
         """Plot data for `dvc plots`: one record per epoch of ``stage``."""

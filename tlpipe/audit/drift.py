@@ -16,7 +16,6 @@ a forward pass, and training then finds them stored.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from tlpipe.data.manifest import build_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.errors import TlpipeError
 from tlpipe.paths import data_root, feature_store, resolve
-from tlpipe.vectors.backbones import Preprocessing, backbone_for
+from tlpipe.vectors.backbones import chosen_backbone
 from tlpipe.vectors.features import extract_features, plan_views, spec_on
 
 MOST_UNLIKE = 10
@@ -86,26 +85,26 @@ def _sample(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= limit else frame.sample(limit, random_state=seed)
 
 
-def champion_images(run_id: str) -> tuple[pd.DataFrame, Preprocessing]:
-    """The images the champion's run audited (``trained``: used for training), and the
-    preprocessing of their vectors."""
+def champion_images(run_id: str) -> tuple[pd.DataFrame, dict]:
+    """The images the champion's run audited (``trained``: used for training), and what made
+    their vectors (the features stage's ``preprocessing.json``)."""
     with tempfile.TemporaryDirectory() as folder:
         try:
             local = Path(mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path="audit", dst_path=folder))
             images = pd.read_parquet(local / "images.parquet")
-            chosen = json.loads((local / "preprocessing.json").read_text())["chosen"]
+            choice = json.loads((local / "preprocessing.json").read_text())
         except Exception as error:
             raise DriftNotMeasured(
                 f"the champion's run {run_id} has no audit/images.parquet "
                 f"(trained before the audit existed?): {type(error).__name__}") from None
-    return images, Preprocessing.from_dict(chosen)
+    return images, choice
 
 
 def measure_drift(params: Params, project: Path, champion_run_id: str,
                   champion_weights: str | None) -> Drift:
     """The data folder's images new to the champion, tested against its training images."""
-    seen, preprocessing = champion_images(champion_run_id)
+    seen, choice = champion_images(champion_run_id)
     reference = seen[seen["trained"]]
     root = data_root(params, project)
     manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels,
@@ -116,10 +115,9 @@ def measure_drift(params: Params, project: Path, champion_run_id: str,
     if new.empty:
         return Drift(False, "no new images: nothing to test for drift",
                      reference_images=len(reference))
-    backbone = dataclasses.replace(backbone_for(params.backbone, project),
-                                   preprocessing=preprocessing)
+    backbone = chosen_backbone(choice, params.backbone, project)
     if champion_weights and backbone.weights_digest != champion_weights:
-        raise DriftNotMeasured(f"backbone {params.backbone.name} is not the champion's (other "
+        raise DriftNotMeasured(f"backbone {backbone.name} is not the champion's (other "
                                "weights): its embeddings cannot be compared")
     limit, seed = params.retrain.drift_max_images, params.seed
     new, reference = _sample(new, limit, seed), _sample(reference, limit, seed)

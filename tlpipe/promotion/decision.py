@@ -103,7 +103,8 @@ def decide(params: Params, candidates: Candidates, scored: ScoredCandidates,
 
 
 def _public_scores(scores: Scores) -> dict:
-    return {k: v for k, v in asdict(scores).items() if k != "correct"}
+    return {k: v for k, v in asdict(scores).items()
+            if k not in ("correct", "truth", "predicted")}
 
 
 def record_decision(params: Params, experiment_id: str, decision: Decision,

@@ -1,8 +1,9 @@
 """The promotion gate: may a challenger replace the champion? Pure functions, no registry.
 
-Both models are scored on the same images, so the comparison is paired: besides the metric
-floor, the improvement margin and the per-class recall guard, an exact McNemar test on
-per-image correctness says whether the challenger's extra correct answers could be chance.
+Both models are scored on the same images, so the comparison is paired: besides the floor (a
+number, or by default beating the baselines of ``tlpipe.promotion.baseline`` on that split),
+the improvement margin and the per-class recall guard, an exact McNemar test on per-image
+correctness says whether the challenger's extra correct answers could be chance.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from tlpipe.config import PromotionConfig
 from tlpipe.metrics import compute_metrics
+from tlpipe.promotion.baseline import measure_baseline
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,20 @@ class Scores:
     metrics: dict[str, float]          # accuracy, macro_f1, ece
     recall: dict[str, float]           # per class
     correct: list[bool] = field(repr=False)  # per test image, in the split's order
+    # Class indices per test image (into ``recall``'s order), for the baseline floor.
+    truth: list[int] = field(default_factory=list, repr=False)
+    predicted: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_probabilities(cls, version: str, y_true: np.ndarray, probabilities: np.ndarray,
                            classes: list[str], calibration_bins: int) -> Scores:
         figures = compute_metrics(y_true, probabilities, classes, calibration_bins)
+        predicted = probabilities.argmax(axis=1)
         return cls(version=version,
                    metrics={k: figures[k] for k in ("accuracy", "macro_f1", "ece")},
                    recall={name: v["recall"] for name, v in figures["per_class"].items()},
-                   correct=(probabilities.argmax(axis=1) == y_true).tolist())
+                   correct=(predicted == y_true).tolist(), truth=np.asarray(y_true).tolist(),
+                   predicted=predicted.tolist())
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,29 @@ def mcnemar_exact_p(challenger_only: int, champion_only: int) -> float:
     return tail / 2 ** discordant
 
 
+def floor_check(rule: PromotionConfig, challenger: Scores) -> Check:
+    """A fixed number, or (``baseline``) beating the majority class and chance on this split."""
+    metric, value = rule.metric, challenger.metrics[rule.metric]
+    if rule.floor != "baseline":
+        return Check("floor", value >= rule.floor,
+                     f"{metric} {value:.4f} {'>=' if value >= rule.floor else '<'} "
+                     f"floor {rule.floor:.4f}")
+    classes = list(challenger.recall)
+    baseline = measure_baseline(np.array(challenger.truth), np.array(challenger.predicted),
+                                len(classes), metric)
+    passed = baseline.beaten_by(value, rule.significance)
+    return Check("floor", passed, (
+        f"{metric} {value:.4f} {'beats' if passed else 'does not beat'} the baselines on this "
+        f"split: always {classes[baseline.majority_class]!r} {baseline.majority_score:.4f}; "
+        f"chance (these predictions against shuffled labels) p={baseline.chance_p:.2g} (needs "
+        f"> {baseline.majority_score:.4f} and p < {rule.significance}; or set promotion.floor "
+        "to a number)"))
+
+
 def apply_gate(rule: PromotionConfig, challenger: Scores, champion: Scores | None) -> GateResult:
     metric = rule.metric
     value = challenger.metrics[metric]
-    checks = [Check("floor", value >= rule.floor,
-                    f"{metric} {value:.4f} {'>=' if value >= rule.floor else '<'} "
-                    f"floor {rule.floor:.4f}")]
+    checks = [floor_check(rule, challenger)]
     if champion is None:
         checks.append(Check("first_champion", True, "no champion yet"))
         return GateResult(all(c.passed for c in checks), checks)

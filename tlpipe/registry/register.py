@@ -104,6 +104,10 @@ def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
         signature=signature_for(classes),
         input_example=example_input(example_image),
         pip_requirements=_REQUIREMENTS,
+        # The keys a loader may set (`tlpipe predict` passes the project's settings); MLflow
+        # ignores, with a warning, any key the logged model does not declare. No device: a
+        # server takes it from TLPIPE_DEVICE.
+        model_config={"device": None, "features": {}},
     )
     # Registered here, not by log_model(registered_model_name=...): that would give the
     # version the logged model's source run (the active run), and only the run named by a

@@ -24,7 +24,7 @@ from sklearn.decomposition import PCA
 from tlpipe.audit.findings import VERDICT_SETTING, AuditResult
 from tlpipe.audit.neighbours import unit_rows
 from tlpipe.fsio import write_atomic, write_text
-from tlpipe.reports.thumbnails import thumbnail_img
+from tlpipe.reports.thumbnails import BASE_CSS, thumbnail_img
 
 MAP_POINTS = 5000  # a random sample beyond this, flagged images always in it
 MARKERS = {"train": "o", "val": "s", "test": "^"}
@@ -41,11 +41,7 @@ WHY = {
                "robust standard deviations above the median image's.",
 }
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
-table{border-collapse:collapse;margin:1rem 0}
-td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:.75rem}
+_CSS = BASE_CSS + """
 figure{margin:0;width:280px;border:1px solid #ddd;padding:.4rem;font-size:.8rem;
 overflow-wrap:anywhere}
 .pair{display:flex;gap:.4rem;justify-content:center}

@@ -23,18 +23,25 @@ def _save_figure(figure: plt.Figure, target: Path) -> Path:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], target: Path) -> Path:
-    """Rows actual, columns predicted (scikit-learn's layout), as the DVC plot in dvc.yaml."""
+    """Rows actual, columns predicted (scikit-learn's layout), as the DVC plot in dvc.yaml.
+    Coloured by each row's share (the recall of its class), so a rare class reads as clearly
+    as a common one; each cell gives its count and that share."""
     values = np.array(matrix)
-    size = max(4.0, 0.6 * len(classes) + 2.5)
+    totals = values.sum(axis=1, keepdims=True)
+    shares = np.divide(values, totals, out=np.zeros(values.shape), where=totals > 0)
+    size = max(4.0, 0.8 * len(classes) + 2.5)
     figure, axis = plt.subplots(figsize=(size, size))
-    axis.imshow(values, cmap="Blues")
-    axis.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
-             yticklabels=classes, xlabel="predicted", ylabel="actual",
-             title=f"Confusion matrix (test, n={values.sum()})")
-    threshold = values.max() / 2 if values.size else 0
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axis.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
+             ylabel="actual", title=f"Confusion matrix (test, n={values.sum()}; "
+                                    "share of each actual class)")
+    axis.set_xticklabels(classes, rotation=45 if len(classes) > 4 else 0, ha="right"
+                         if len(classes) > 4 else "center")
+    axis.set_yticklabels(classes)
     for (row, column), count in np.ndenumerate(values):
-        axis.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > threshold else "black")
+        axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center",
+                  va="center", fontsize=8 if len(classes) > 6 else 10,
+                  color="white" if shares[row, column] > 0.5 else "black")
     return _save_figure(figure, target)
 
 

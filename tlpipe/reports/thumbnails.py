@@ -12,6 +12,14 @@ from PIL import Image
 
 from tlpipe.vectors.images import to_rgb
 
+# The look the report pages share: tables, and a grid of figures around thumbnails.
+BASE_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:.75rem}
+"""
+
 
 def thumbnail_jpeg(data: bytes, side: int = 128) -> bytes:
     """A small RGB JPEG of an image for reports. Only for data ``data.image_facts`` found

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -55,3 +56,14 @@ def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_si
     batches = iterate_batches(dataset, batch_size, workers=1, pin_memory=scorer.engine.pin_memory)
     return np.concatenate([scorer(images) for images, _ in tqdm(
         batches, desc="evaluate", unit="batch", total=-(-len(paths) // batch_size))])
+
+
+def prediction_frame(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    best = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({
+        "label": [classes[i] for i in best],
+        "probability": probabilities[np.arange(len(best)), best].astype(float),
+    })
+    for index, name in enumerate(classes):
+        frame[f"prob_{name}"] = probabilities[:, index].astype(float)
+    return frame

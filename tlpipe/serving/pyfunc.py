@@ -16,7 +16,9 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from tlpipe.serving.inference import prediction_frame
 
 IMAGE_COLUMN = "image"
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
@@ -55,8 +57,9 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         # takes its device from TLPIPE_DEVICE (default: a GPU when there is one).
         settings = context.model_config or {}
         device = settings.get("device") or os.environ.get(DEVICE_VARIABLE, "auto")
-        self.scorer = Scorer(model, self.spec, FeaturesConfig(**settings.get("features", {})),
-                             resolve_device(device, "device" if "device" in settings
+        self.scorer = Scorer(model, self.spec,
+                             FeaturesConfig(**settings.get("features") or {}),
+                             resolve_device(device, "device" if settings.get("device")
                                             else DEVICE_VARIABLE))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
@@ -88,21 +91,12 @@ def as_image(value: object, row: int = 0, min_side: int | None = None,
                          "max_pixels, validation.max_pixels when it was trained): downscale "
                          "the image") from None
     except Exception as error:
+        why = ("not an image format PIL knows" if isinstance(error, UnidentifiedImageError)
+               else f"{type(error).__name__}: {error}")  # its message holds a memory address
         raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: not a readable image "
-                         f"({type(error).__name__}: {error})") from None
+                         f"({why})") from None
     raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: expected image bytes or a uint8 "
                      f"array, got {type(value).__name__}")
-
-
-def prediction_frame(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    best = probabilities.argmax(axis=1)
-    frame = pd.DataFrame({
-        "label": [classes[i] for i in best],
-        "probability": probabilities[np.arange(len(best)), best].astype(float),
-    })
-    for index, name in enumerate(classes):
-        frame[f"prob_{name}"] = probabilities[:, index].astype(float)
-    return frame
 
 
 def array_to_rgb(values: object) -> Image.Image:

@@ -1,4 +1,5 @@
-"""evaluate: the model on the held-out test split: metrics, confusion matrix, learning curves.
+"""evaluate: the model on the held-out test split: metrics, confusion matrix, learning curves,
+every image's probabilities and a page of the mistakes.
 
 The test split is scored here and nowhere earlier, so nothing upstream can be tuned on it.
 """
@@ -20,15 +21,26 @@ from tlpipe.fsio import write_json
 from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
 from tlpipe.ops.tracking import RunContext, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, outputs_for
+from tlpipe.reports.mistakes import write_mistakes_page
 from tlpipe.reports.plots import (
     curve_points,
     plot_confusion_matrix,
     plot_learning_curves,
 )
-from tlpipe.serving.inference import Scorer, predict_probabilities
+from tlpipe.serving.inference import Scorer, predict_probabilities, prediction_frame
 from tlpipe.training.model import load_classifier
 
 STAGE = __name__.rpartition(".")[2]
+
+
+def prediction_rows(paths: list[str], y_true: np.ndarray, probabilities: np.ndarray,
+                    classes: list[str]) -> list[dict]:
+    """One record per test image: its path, true and predicted class, and the probabilities
+    (the columns `tlpipe predict` writes)."""
+    frame = prediction_frame(probabilities, classes).rename(columns={"label": "predicted"})
+    frame.insert(0, "actual", [classes[truth] for truth in y_true])
+    frame.insert(0, "path", paths)
+    return frame.round(6).to_dict(orient="records")
 
 
 def compute(params: Params, project: Path) -> dict:
@@ -55,12 +67,13 @@ def compute(params: Params, project: Path) -> dict:
     plot_learning_curves(curves, out.curves_png)
     for stage in ("head", "finetune"):
         write_json(out.curves_json(stage), curves.get(stage, []))
-    predicted = probabilities.argmax(axis=1)
-    write_json(out.predictions_json, [
-        {"path": path, "actual": spec.classes[truth], "predicted": spec.classes[guess]}
-        for path, truth, guess in zip(test["path"], y_true, predicted, strict=True)])
+    predictions = prediction_rows(test["path"].tolist(), y_true, probabilities, spec.classes)
+    write_json(out.predictions_json, predictions)
+    write_mistakes_page(predictions, spec.classes, data_root(params, project), out.mistakes_html,
+                        params.evaluation.mistakes_shown)
     return {"metrics": str(out.metrics), "confusion_matrix": str(out.confusion_png),
-            "learning_curves": str(out.curves_png), **{k: metrics[k] for k in
+            "learning_curves": str(out.curves_png), "mistakes": str(out.mistakes_html),
+            "predictions": str(out.predictions_json), **{k: metrics[k] for k in
                                                         ("accuracy", "macro_f1", "ece",
                                                          "small_test_split")}}
 
@@ -73,7 +86,8 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         client = MlflowClient()
         for name, value in headline.items():
             client.log_metric(context.parent_run_id, name, value)
-        for key in ("metrics", "confusion_matrix", "learning_curves"):
+        for key in ("metrics", "confusion_matrix", "learning_curves", "mistakes",
+                    "predictions"):
             log_to_run_and_parent(context, result[key], "evaluation")
         print(f"test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
               f"ECE {result['ece']:.4f}")

@@ -1,7 +1,8 @@
 """features: the frozen backbone's feature vectors for every image view, in the feature store.
 
-Writes the plan (one row per vector: image, split, view, cache key) and the evaluation
-preprocessing it used (``features.eval_resize``, chosen by validation when ``auto``). The
+Writes the plan (one row per vector: image, split, view, cache key) and what made the vectors:
+the backbone with the evaluation preprocessing (``features.eval_resize``), or the images' own
+pixels (``features.try_pixels``), chosen by the cross-validated probe where there is a choice. The
 store is content-addressed, so a view computed by any earlier run, shard or experiment is
 reused.
 """
@@ -31,7 +32,13 @@ from tlpipe.training.cached import Features
 from tlpipe.training.heads import class_order
 from tlpipe.training.ladder import probe_score
 from tlpipe.vectors import cluster
-from tlpipe.vectors.backbones import Backbone, Preprocessing, backbone_for
+from tlpipe.vectors.backbones import (
+    PIXELS,
+    Backbone,
+    backbone_for,
+    chosen_backbone,
+    load_backbone,
+)
 from tlpipe.vectors.features import (
     ExtractionStats,
     FeatureSpec,
@@ -77,28 +84,31 @@ def _plan(params: Params, project: Path) -> _Planned:
 
 def _choose_preprocessing(params: Params, project: Path, manifest: pd.DataFrame,
                           store: FeatureStore) -> tuple[Backbone, dict, int]:
-    """With ``auto``, each option's features of every training and validation image (never
-    a test image) are scored with the cross-validated logistic probe; the best one wins,
-    ``crop`` (the pretraining recipe) on a tie."""
+    """The options (the backbone's crop and resize under ``eval_resize: auto``, the images'
+    own pixels under ``try_pixels``), each scored by the cross-validated logistic probe on
+    one plain view of every training and validation image (never a test image); the best
+    wins, the earlier option on a tie (the backbone's pretraining recipe first)."""
     setting = params.features.eval_resize
     own = backbone_for(params.backbone, project)
-    options = ("crop", "resize") if setting == "auto" else (setting,)
-    backbones = {option: dataclasses.replace(own, preprocessing=dataclasses.replace(
-        own.preprocessing, resize=option)) for option in options}
+    resizes = ("crop", "resize") if setting == "auto" else (setting,)
+    options = {option: dataclasses.replace(own, preprocessing=dataclasses.replace(
+        own.preprocessing, resize=option)) for option in resizes}
+    if params.features.try_pixels and own.name != PIXELS:
+        options[PIXELS] = load_backbone(PIXELS)
     scores, computed = {}, 0
     if len(options) > 1:
         seen = manifest[manifest["split"].isin(["train", "val"])]
         classes = class_order(seen["label"])
-        for option, backbone in backbones.items():
-            # One plain view of each image, as evaluation would see it under this option.
+        for option, backbone in options.items():
             plan = plan_views(seen.assign(split="plain"), 1, feature_spec(params, backbone))
             computed += _fill(params, project, plan, backbone, store)["computed"]
             scores[option] = probe_score(Features.from_plan(plan, store, "plain", classes),
                                          len(classes), params.seed)
-    chosen = max(options, key=lambda option: (scores.get(option, 0.0), option == "crop"))
-    backbone = backbones[chosen]
-    return backbone, {"eval_resize": setting, "chosen": backbone.preprocessing.to_dict(),
-                      "probe_scores": scores}, computed
+    ranked = list(options)
+    chosen = max(ranked, key=lambda option: (scores.get(option, 0.0), -ranked.index(option)))
+    backbone = options[chosen]
+    return backbone, {"eval_resize": setting, "backbone": backbone.name,
+                      "chosen": backbone.preprocessing.to_dict(), "probe_scores": scores}, computed
 
 
 def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
@@ -111,7 +121,9 @@ def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
         size = params.features.chunk_vectors  # a slice per chunk file
         nodes = cluster.run_slices(
             params.cluster, [missing.iloc[i:i + size] for i in range(0, len(missing), size)],
-            functools.partial(_extraction_work, params, project, backbone.preprocessing,
+            functools.partial(_extraction_work, params, project,
+                              {"backbone": backbone.name,
+                               "chosen": backbone.preprocessing.to_dict()},
                               device.type, cluster.worker_threads(params.cluster)),
             device, "features")
         stats = ExtractionStats(len(missing), len(plan) - len(missing),
@@ -125,13 +137,12 @@ def _fill(params: Params, project: Path, plan: pd.DataFrame, backbone: Backbone,
             "chunks_compacted": compacted, "weights_digest": backbone.weights_digest}
 
 
-def _extraction_work(params: Params, project: Path, preprocessing: Preprocessing,
-                     device_type: str, threads: int) -> Callable[[pd.DataFrame], int]:
+def _extraction_work(params: Params, project: Path, choice: dict, device_type: str,
+                     threads: int) -> Callable[[pd.DataFrame], int]:
     """What a Ray worker does, made once on it: the backbone loaded, then slices of the plan
     into the shared store. Same code, engine and precision as here, so the same vectors."""
     torch.set_num_threads(threads)  # the engines size their thread pools from this
-    backbone = dataclasses.replace(backbone_for(params.backbone, project),
-                                   preprocessing=preprocessing)
+    backbone = chosen_backbone(choice, params.backbone, project)
     store, root, device = feature_store(params, project), data_root(params, project), \
         torch.device(device_type)
 
@@ -161,6 +172,12 @@ def compute(params: Params, project: Path) -> dict:
             **stats, "set_aside": list(store.set_aside)}
 
 
+def _described(choice: dict) -> str:
+    if choice["backbone"] == PIXELS:
+        return "the images' own pixels (32x32 grey, no pretrained backbone)"
+    return f"{choice['backbone']} with {choice['chosen']['resize']} to its input"
+
+
 def run(context: RunContext, params: Params, project: Path) -> dict:
     with stage_run(context, STAGE):
         result = compute(params, project)
@@ -171,13 +188,16 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         MlflowClient().set_tag(context.parent_run_id, tags.WEIGHTS_DIGEST,
                                result["weights_digest"])
         choice = result["preprocessing"]
-        mlflow.set_tag("features.eval_resize", choice["chosen"]["resize"])
+        mlflow.set_tags({"features.eval_resize": choice["chosen"]["resize"],
+                         "features.backbone": choice["backbone"]})
         if choice["probe_scores"]:
             mlflow.log_metrics({f"probe_{option}": value
                                 for option, value in choice["probe_scores"].items()})
-            print(f"features: eval_resize auto chose {choice['chosen']['resize']!r} "
-                  f"(logistic probe, cross-validated: {choice['probe_scores']}; "
-                  f"{result['choice_computed']} plain views computed to choose)")
+            scored = ", ".join(f"{option} {value:.4f}"
+                               for option, value in choice["probe_scores"].items())
+            print(f"features: {_described(choice)} chosen by the cross-validated logistic "
+                  f"probe on train + val ({scored}; {result['choice_computed']} plain views "
+                  "computed to choose)")
         if result["nodes"]:
             mlflow.log_dict(result["nodes"], "ray_nodes.json")
         for why in result["set_aside"]:

@@ -35,7 +35,7 @@ from tlpipe.training.finetune import FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
 from tlpipe.training.tta import TtaChoice, choose_tta
-from tlpipe.vectors.backbones import Preprocessing, backbone_for
+from tlpipe.vectors.backbones import chosen_backbone
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
 
 STAGE = __name__.rpartition(".")[2]
@@ -76,10 +76,9 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     head_spec = HeadSpec(**chosen["spec"])
     head = build_head(head_spec)
     head.load_state_dict(load_file(str(out.head_weights)))
-    # The preprocessing the features stage chose for evaluation (features.eval_resize).
-    backbone = dataclasses.replace(
-        backbone_for(params.backbone, project),
-        preprocessing=Preprocessing.from_dict(json.loads(out.preprocessing.read_text())["chosen"]))
+    # What the features stage chose: the backbone and its evaluation preprocessing, or pixels.
+    backbone = chosen_backbone(json.loads(out.preprocessing.read_text()), params.backbone,
+                               project)
     spec = ModelSpec(backbone=backbone.name, num_features=backbone.num_features,
                      classes=classes, head=head_spec.to_dict(),
                      preprocessing=backbone.preprocessing.to_dict(),
@@ -96,6 +95,9 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                         val_labels, len(classes))
 
     def tta_for(model: Classifier) -> TtaChoice:
+        if params.evaluation.tta == "auto" and chosen.get("fitted_on") == "train+val":
+            return TtaChoice("none", "the head was fitted on the validation images too: none "
+                                     "are left to judge test-time flips on")
         val_rows = ImageFolderRows.for_evaluation(data.root, val_paths, backbone.preprocessing,
                                                   val_labels)
         return choose_tta(params.evaluation.tta, model,
@@ -105,6 +107,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                           params.head.selection_metric)
 
     skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
+            f"the features are {backbone.name}: no backbone weights to fine-tune"
+            if not backbone.blocks else
             None if head_spec.fine_tunable else
             f"the chosen head ({chosen['candidate']}) has no weights to fine-tune")
     if skip:

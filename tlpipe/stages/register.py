@@ -38,16 +38,18 @@ def write_model_card(params: Params, project: Path, facts: dict) -> Path:
     per_class = "\n".join(
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for name, v in metrics["per_class"].items())
+    # What made the features: the configured backbone, or the images' own pixels.
+    backbone = json.loads(out.preprocessing.read_text()).get("backbone", params.backbone.name)
     card = f"""# Model card: {params.registry.model_name}
 
-- Backbone: {params.backbone.name} (weights digest {facts.get(tags.WEIGHTS_DIGEST, '?')[:16]})
+- Features: {backbone} (weights digest {facts.get(tags.WEIGHTS_DIGEST, '?')[:16]})
 - Classes: {', '.join(metrics['classes'])}
 - Data version (manifest fingerprint): {facts.get(tags.DATA_FINGERPRINT, '?')}
 - Params hash: {params.digest()[:16]}; git commit: {facts.get(tags.GIT_COMMIT, '?')}
 - Head: {facts.get(tags.HEAD, '?')}, chosen on validation data from the ladder
   {', '.join(params.head.candidates)} on cached features.
-- Fine-tuning (top {params.finetune.unfreeze_blocks} blocks, up to {params.finetune.epochs}
-  epochs): {facts.get(tags.FINETUNE, '?')}
+- Fine-tuning (searched over unfreeze_blocks {params.finetune.unfreeze_blocks}, up to
+  {params.finetune.epochs} epochs): {facts.get(tags.FINETUNE, '?')}
 
 ## Test split ({metrics['n_test']} images, never used to choose anything)
 accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f},

@@ -7,6 +7,7 @@ raises :class:`BackboneError` saying what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -147,6 +148,17 @@ def backbone_for(settings: BackboneConfig, project_dir: Path) -> Backbone:
     return _loaded_once(settings.name, project_dir / weights if weights else None)
 
 
+def chosen_backbone(choice: dict, settings: BackboneConfig, project_dir: Path) -> Backbone:
+    """The backbone and preprocessing the features stage chose (its ``preprocessing.json``):
+    the configured backbone, or the images' own pixels."""
+    if choice.get("backbone") == PIXELS:
+        backbone = _loaded_once(PIXELS, None)
+    else:
+        backbone = backbone_for(settings, project_dir)
+    return dataclasses.replace(backbone,
+                               preprocessing=Preprocessing.from_dict(choice["chosen"]))
+
+
 def state_digest(model: nn.Module) -> str:
     """A digest of the weights themselves, so caches follow the weights, not a file name."""
     digest = hashlib.sha256()
@@ -244,6 +256,27 @@ for _name in EFFICIENTNET_LITE:
     register_backbone(_name)(functools.partial(_load_efficientnet_lite, _name))
 
 
+PIXELS = "pixels"
+
+
+class GreyPixels(nn.Module):
+    """An image batch as its grey pixels, flattened: the raw-pixel baseline as a backbone (no
+    weights, nothing pretrained or fine-tunable), so the pipeline serves it like any other."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=1).flatten(1)
+
+
+@register_backbone(PIXELS)
+def _load_pixels(weights_file: Path | None) -> Backbone:
+    size = 32  # the size at which logistic regression on digits' pixels is strongest
+    preprocessing = Preprocessing(input_size=size, resize_size=size, interpolation="bilinear",
+                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="resize")
+    # No weights to digest: the digest names the transform, so the cache follows it.
+    digest = hashlib.sha256(f"tlpipe grey pixels {size}x{size} v1".encode()).hexdigest()
+    return Backbone(PIXELS, GreyPixels(), size * size, preprocessing, digest, blocks=[])
+
+
 def _load_timm(model_name: str, weights_file: Path | None) -> Backbone:
     if weights_file is not None:
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
@@ -325,8 +358,11 @@ def build_architecture(name: str) -> nn.Module:
     Callers must overwrite every weight (``load_state_dict(strict=True)``); this is never a
     pretrained model by itself.
     """
-    if name == DEFAULT_BACKBONE:
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    if name == PIXELS:
+        return GreyPixels()
+    if name in EFFICIENTNET_LITE:
+        return timm.create_model(EFFICIENTNET_LITE[name].timm_name, pretrained=False,
+                                 num_classes=0)
     if name.startswith("timm/"):
         return timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=0)
     if name.startswith("torchvision/"):

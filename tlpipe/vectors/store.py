@@ -250,28 +250,33 @@ class FeatureStore:
         return name
 
     def compact(self) -> int:
-        """Merge chunks under half full into full ones (several small runs each leave one);
-        delete writers' stale temporary files. Returns the number of files removed."""
+        """Merge chunks under half full into full ones (several small runs each leave one),
+        those of one vector width together (two backbones can share a store); delete writers'
+        stale temporary files. Returns the number of files removed."""
         self._remove_stale_temporaries()
         names = self.chunks()
         try:
             index = self.index(names)
-            small = [name for name in names
-                     if len(self._keys_of[name]) < self.chunk_vectors // 2]
-            if len(small) < 2:
-                return 0
-            keys = [key for name in small for key in self._keys_of[name]
-                    if index[key][0] == name]  # each key once, from the chunk that serves it
-            vectors = self._read(keys, index)
+            by_width: dict[int, list[str]] = {}
+            for name in names:
+                if len(self._keys_of[name]) < self.chunk_vectors // 2:
+                    by_width.setdefault(self._vectors(name).shape[1], []).append(name)
+            merges = []
+            for small in by_width.values():
+                if len(small) >= 2:
+                    keys = [key for name in small for key in self._keys_of[name]
+                            if index[key][0] == name]  # each key once, from where it is served
+                    merges.append((small, keys, self._read(keys, index)))
         except FileNotFoundError:  # another process (a concurrent shard) merged them first
             return 0
-        with self.writer() as writer:
-            writer.add(keys, vectors)
-        for name in small:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(name)
-            self._keys_of.pop(name, None)
-        return len(small)
+        for small, keys, vectors in merges:
+            with self.writer() as writer:
+                writer.add(keys, vectors)
+            for name in small:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(name)
+                self._keys_of.pop(name, None)
+        return sum(len(small) for small, _, _ in merges)
 
     def _remove_stale_temporaries(self) -> None:
         with contextlib.suppress(FileNotFoundError):
