@@ -35,10 +35,34 @@ def hide_expected_tracebacks() -> None:
             handler.addFilter(_message_only)
 
 
+# Lines that say only that things ran as they should: the console leaves them out unless
+# --verbose (Prefect's UI and the MLflow run keep everything).
+ROUTINE = ("Finished in state", "Beginning flow run", "Beginning subflow run",
+           "Starting temporary server", "Stopping temporary server",
+           "Created temporary directory")
+# Prefect's lines for a failed task or flow: an expected failure (a TlpipeError) is said once,
+# by the command, at the end.
+FAILURE = ("Task run failed with exception", "Encountered exception during execution")
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if message.startswith(ROUTINE):
+        return False
+    expected = record.exc_info and isinstance(record.exc_info[1], TlpipeError)
+    return not (expected and message.startswith(FAILURE))
+
+
 def prepare(show_tracebacks: bool) -> None:
-    """Ready the console and the server for a flow started from the command line."""
+    """Ready the console and the server for a flow started from the command line. Without
+    ``--verbose`` (``show_tracebacks``), the console gets the stage lines and the verdict, not
+    Prefect's routine state lines."""
     if not show_tracebacks:
+        for handler in logging.getLogger().handlers:  # before the traceback is taken off
+            if isinstance(handler, PrefectConsoleHandler) and _not_routine not in handler.filters:
+                handler.addFilter(_not_routine)
         hide_expected_tracebacks()
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Validating input example"
     start_temporary_server()
 
 

@@ -63,7 +63,8 @@ SMALL_PARAMS = {
     "data": {"expected_classes": ["ants", "bees"]},
     "split": {"val_fraction": 0.3},
     "validation": {"quarantine": ["format"]},
-    "features": {"views": 1, "batch_size": 16},
+    # One view, no pixel option: quick runs (tests/test_pixels.py and test_recipe.py run them).
+    "features": {"views": 1, "batch_size": 16, "try_pixels": False},
     # Two rungs of the ladder keep runs quick and the head fine-tunable (tests/test_recipe.py
     # runs the whole ladder).
     "head": {"epochs": 40, "patience": 10, "candidates": ["logistic", "linear"]},

@@ -177,3 +177,27 @@ def test_the_approximate_index_finds_what_exact_search_finds():
     assert (approximate[:, 0] == exact[:, 0]).mean() >= 0.95
     assert (approximate[:100, 0] == np.arange(2900, 3000)).all()
     assert np.allclose(similarities[:100, 0], exact_similarities[:100, 0], atol=1e-5)
+
+
+def test_a_correctly_labelled_rare_class_is_not_called_mislabelled():
+    """Three classes, 16:4:1, correctly labelled but for 12 common images filed under the
+    middle class. A probe that learns the priors pushes the rare class's images towards the
+    common ones (10 of its 25 were flagged before the probe weighted classes evenly); the
+    balanced probe flags at most two of them, and still finds every planted error."""
+    from tlpipe.audit.findings import label_issues
+    from tlpipe.config import AuditConfig
+
+    rng = np.random.default_rng(0)
+    sizes = [400, 100, 25]
+    centres = rng.normal(0, 1, (3, 64)) * 0.5
+    vectors = np.vstack([rng.normal(centre, 1.0, (n, 64))
+                         for centre, n in zip(centres, sizes, strict=True)])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.repeat([0, 1, 2], sizes)
+    planted = rng.choice(400, 12, replace=False)
+    labels[planted] = 1
+    issues = label_issues(unit, labels, ["common", "middling", "rare"], AuditConfig(), 0)
+    flagged = issues["row"].to_numpy()
+    assert set(planted) <= set(flagged)
+    assert (labels[flagged] == 2).sum() <= 2
+    assert set(issues.loc[issues["row"].isin(planted), "suggested"]) == {"common"}

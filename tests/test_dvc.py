@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,12 @@ def test_reproduce_rebuilds_a_registered_model_and_reports_a_match(repos, first_
     shutil.rmtree(origin / ".cache" / "checkpoints")
     output = sh(sys.executable, "-m", "tlpipe.cli.main", "run", cwd=origin)
     assert "<- chosen" in output and "Fine-tuning " in output  # the leaderboard, the verdict
+    # Quiet without --verbose: stage lines and the verdict, not Prefect's state lines. Lines
+    # as a terminal shows them: a progress bar redraws in place there, not here (no TTY).
+    assert "Finished in state" not in output and "Created temporary directory" not in output
+    shown = [line for line in output.splitlines()
+             if line.strip() and not re.search(r"\|\s*\d+/\d+ \[|\d+file \[", line)]
+    assert len(shown) < 40, output
     assert sh("git", "status", "--porcelain", "outputs", cwd=origin) == ""
     lineage = sh(sys.executable, "-m", "tlpipe.cli.main", "lineage", "models:/dvc-test@challenger",
                  cwd=origin)

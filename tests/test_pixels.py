@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import make_project
 from tests.images import write_digits
+from tlpipe.config import FeaturesConfig, ValidationConfig
 from tlpipe.params_file import load_params
 from tlpipe.paths import outputs_for
 from tlpipe.serving.export import export_onnx
@@ -40,9 +41,11 @@ def test_digits_choose_their_own_pixels_over_the_backbone_and_serve_them(tmp_pat
     data = write_digits(tmp_path / "digits", per_class=20, side=28)
     project = make_project(tmp_path / "project", data, {
         "data": {"expected_classes": None},
-        "split": {"test_fraction": 0.25, "val_fraction": 0.25}})
+        "split": {"test_fraction": 0.25, "val_fraction": 0.25},
+        "features": {"try_pixels": True}})  # the default (the tests' small runs skip it)
     params = load_params(project / "params.yaml")
-    assert params.validation.min_side <= 28 and params.features.try_pixels  # the defaults
+    assert params.validation.min_side == ValidationConfig().min_side <= 28
+    assert FeaturesConfig().try_pixels
     for stage in (manifest, validate, features, audit, head):
         stage.compute(params, project)
     out = outputs_for(params, project)

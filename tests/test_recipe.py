@@ -29,7 +29,7 @@ def project(tmp_path_factory):
     project = make_project(base / "project", data, {
         "data": {"expected_classes": list(SHAPES)},
         "split": {"test_fraction": 0.25, "val_fraction": 0.25},
-        "features": {"eval_resize": "auto"},
+        "features": {"eval_resize": "auto", "try_pixels": True},
         "head": {"candidates": ["logistic", "linear", "mlp", "knn"]},
         "registry": {"model_name": "shapes"}})
     params = load_params(project / "params.yaml")

@@ -106,7 +106,8 @@ def out_of_fold_probabilities(unit: np.ndarray, labels: np.ndarray, num_classes:
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with threadpool_limits(limits=1, user_api="blas"):  # small fits: threads cost more
         for fit, held_out in splitter.split(unit, labels):
-            probe = LogisticRegression(C=1.0, max_iter=2000).fit(unit[fit], labels[fit])
+            probe = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(
+                unit[fit], labels[fit])
             probabilities[np.ix_(held_out, probe.classes_)] = probe.predict_proba(unit[held_out])
     return probabilities
 

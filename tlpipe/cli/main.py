@@ -52,7 +52,9 @@ app = typer.Typer(
 
 @app.callback()
 def _global(verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Show the Python traceback of a failure.")] = False) -> None:
+        "--verbose", "-v", help="Show every log line (Prefect's task states, the whole "
+                                "leaderboard) and the Python traceback of a failure.")
+        ] = False) -> None:
     options["verbose"] = verbose
 
 

@@ -17,6 +17,8 @@ from tlpipe.cli.common import (
     print_decision,
 )
 
+TOP_CANDIDATES = 5  # leaderboard rows shown without --verbose
+
 
 def init(
     directory: Annotated[Path, typer.Argument(help="The new project folder (new or empty).")],
@@ -71,8 +73,12 @@ def run(
              f"could not run: {error}. Run `tlpipe promote` once that is fixed.", 1)
     typer.echo("\nHead candidates, scored on validation data only (the test split chose "
                "nothing):")
-    typer.echo("\n".join(leaderboard_lines(summary["head"]["leaderboard"],
-                                           settings.head.selection_metric)))
+    board = leaderboard_lines(summary["head"]["leaderboard"], settings.head.selection_metric)
+    shown = len(board) if options["verbose"] else 1 + TOP_CANDIDATES
+    typer.echo("\n".join(board[:shown]))
+    if len(board) > shown:
+        typer.echo(f"... {len(board) - shown} more (tlpipe --verbose run, or leaderboard.json "
+                   "in the outputs)")
     if len(summary["finetune"].get("search", [])) > 1:
         typer.echo("Fine-tune candidates, halved epoch by epoch on validation data:")
         typer.echo("\n".join(search_lines(summary["finetune"]["search"])))

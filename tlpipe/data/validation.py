@@ -132,13 +132,19 @@ class ValidationReport:
                 "kept_files": self.kept_files, "class_counts": self.class_counts,
                 "rules": [asdict(r) for r in self.outcomes]}
 
-    def to_markdown(self, listed: int = 10) -> str:
-        """The report for terminals and MLflow: at most ``listed`` offenders per rule."""
+    def to_markdown(self, listed: int = 10, brief: bool = False) -> str:
+        """The report for terminals and MLflow: at most ``listed`` offenders per rule;
+        ``brief`` (the console): the rules that passed cleanly on one line."""
         lines = [f"# Data validation: {self.verdict}", "", self.summary, ""]
         if self.class_counts:
             lines += ["Images per class: " + ", ".join(
                 f"{label} {count}" for label, count in self.class_counts.items()), ""]
+        clean = [o.rule for o in self.outcomes if o.status == "ok" and not o.offenders]
+        if brief and clean:
+            lines.append(f"- [ok] {len(clean)} rules: {', '.join(clean)}")
         for outcome in self.outcomes:
+            if brief and outcome.rule in clean:
+                continue
             files = f" ({files_phrase(len(outcome.offenders))})" if (
                 outcome.level == "file" and outcome.offenders) else ""
             lines.append(f"- [{outcome.status}] {outcome.rule}: {outcome.description}{files}")
@@ -149,6 +155,8 @@ class ValidationReport:
             if len(outcome.offenders) > listed:
                 lines.append(f"    - and {len(outcome.offenders) - listed} more "
                              "(all in report.json / report.html)")
+        if brief:
+            lines = [line for line in lines if line]
         return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ def compute(params: Params, project: Path) -> dict:
     save_manifest(kept, out.validated)
     return {"validated": str(out.validated), "fingerprint": manifest_fingerprint(kept),
             "kept": report.kept_files, "quarantined": len(report.quarantined),
-            "report": str(out.report_md)}
+            "report": str(out.report_md), "report_text": report.to_markdown(brief=True)}
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
@@ -50,7 +50,7 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         except ValidationFailed as failure:
             for report in reports:
                 log_to_run_and_parent(context, report, "validation")
-            print(failure.report.to_markdown())
+            print(failure.report.to_markdown(brief=True))
             raise
         for report in reports:
             log_to_run_and_parent(context, report, "validation")
@@ -58,5 +58,5 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.log_metrics({"kept_files": result["kept"], "quarantined": result["quarantined"]})
         MlflowClient().set_tag(context.parent_run_id, tags.DATA_FINGERPRINT,
                                result["fingerprint"])
-        print(out.report_md.read_text())
+        print(result["report_text"])
         return result
