@@ -60,4 +60,6 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
             "model": version, "features": features, "audit": audit,
             "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
             "test_macro_f1": evaluation["macro_f1"],
-            "small_test_split": evaluation["small_test_split"], "promotion": promotion}
+            "small_test_split": evaluation["small_test_split"], "promotion": promotion,
+            "uncommitted": run_tags[tags.GIT_CHANGED] if run_tags[tags.GIT_DIRTY] == "true"
+            else None}

@@ -124,7 +124,20 @@ def test_each_run_writes_its_own_outputs_folder_and_leaves_the_work_tree_clean(t
                             cwd=project, capture_output=True, text=True, check=True).stdout
     assert status == ""
     run = MlflowClient().get_run(second["run_id"])
-    assert run.data.tags["git_dirty"] == "false"
+    assert run.data.tags["git_dirty"] == "false" and run.data.tags["git_changed"] == "-"
+    assert second["uncommitted"] is None
+
+
+def test_lineage_names_the_uncommitted_files(tmp_path):
+    from tlpipe.registry.lineage import git_state
+
+    project = make_project(tmp_path / "project", tmp_path / "data")
+    (project / "params.yaml").write_text("seed: 7\n")  # edited to fix a setting, not committed
+    (project / "notes.txt").write_text("untracked files do not count\n")
+    state = git_state(project)
+    assert state["git_dirty"] == "true" and state["git_changed"] == "params.yaml"
+    assert git_state(tmp_path) == {"git_commit": "unknown", "git_dirty": "unknown",
+                                   "git_changed": "unknown"}  # not a repository
 
 
 def test_gif_placeholder_is_quarantined_and_reported(trained):

@@ -5,7 +5,7 @@ the versions a decision was about; the ``tlpipe.*`` tags are tlpipe's own bookke
 """
 
 # Lineage: where a run or model version came from.
-GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
+GIT_COMMIT, GIT_DIRTY, GIT_CHANGED = "git_commit", "git_dirty", "git_changed"
 DATA_DVC_MD5 = "data_dvc_md5"            # DVC's hash of the data folder: the data version
 DATA_FINGERPRINT = "data_fingerprint"    # hash of the validated manifest
 DVC_LOCK_SHA256 = "dvc_lock_sha256"
@@ -20,8 +20,8 @@ MODEL_VERSION = "model_version"          # on a pipeline run: the version it reg
 FAILURE_REASON = "failure_reason"
 SMALL_TEST_SPLIT = "small_test_split"    # why the test figures are too noisy to trust
 # Carried by a pipeline run and handed on to the model version it registers.
-LINEAGE = (GIT_COMMIT, GIT_DIRTY, DATA_DVC_MD5, DATA_FINGERPRINT, DVC_LOCK_SHA256, PARAMS_HASH,
-           BACKBONE, WEIGHTS_DIGEST, HEAD, FINETUNE, TRIGGER, PREFECT_FLOW_RUN_ID)
+LINEAGE = (GIT_COMMIT, GIT_DIRTY, GIT_CHANGED, DATA_DVC_MD5, DATA_FINGERPRINT, DVC_LOCK_SHA256,
+           PARAMS_HASH, BACKBONE, WEIGHTS_DIGEST, HEAD, FINETUNE, TRIGGER, PREFECT_FLOW_RUN_ID)
 
 # Promotion decisions, on the model versions involved.
 PROMOTION_PREFIX = "promotion."

@@ -93,5 +93,9 @@ def run(
         f"{summary['test_macro_f1']:.4f}. MLflow run {summary['run_id']}.", fg=typer.colors.GREEN)
     typer.echo(audit_line(summary["audit"]))
     typer.echo(f"Outputs (report, plots, model): {summary['outputs']}")
+    if summary["uncommitted"]:
+        typer.secho(f"note: trained with uncommitted changes to {summary['uncommitted']}: the "
+                    "model's git commit does not hold them; commit them (git commit -am ...) "
+                    "so its lineage and `tlpipe reproduce` name them", fg=typer.colors.YELLOW)
     if summary["promotion"]:
         print_decision(summary["promotion"])

@@ -15,17 +15,25 @@ from tlpipe.data.version import pointer_md5
 from tlpipe.errors import TlpipeError
 from tlpipe.registry.loader import resolve_version
 
+CHANGED_LISTED = 10  # uncommitted files named in the git_changed tag
+
 
 def git_state(project_dir: Path) -> dict[str, str]:
+    """The commit, whether tracked files differ from it, and which (``git_changed``)."""
     def git(*args: str) -> str:
         return run_command(["git", *args], f"git {args[0]}", cwd=project_dir)
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        changed = [line.split(maxsplit=1)[-1] for line in
+                   git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (RuntimeError, FileNotFoundError):
-        return {tags.GIT_COMMIT: "unknown", tags.GIT_DIRTY: "unknown"}
-    return {tags.GIT_COMMIT: commit, tags.GIT_DIRTY: str(dirty).lower()}
+        return {tags.GIT_COMMIT: "unknown", tags.GIT_DIRTY: "unknown",
+                tags.GIT_CHANGED: "unknown"}
+    listed = ", ".join(changed[:CHANGED_LISTED]) + (
+        f" and {len(changed) - CHANGED_LISTED} more" if len(changed) > CHANGED_LISTED else "")
+    return {tags.GIT_COMMIT: commit, tags.GIT_DIRTY: str(bool(changed)).lower(),
+            tags.GIT_CHANGED: listed or "-"}
 
 
 def lineage_tags(project_dir: Path, data_root: Path) -> dict[str, str]:
