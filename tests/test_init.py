@@ -114,15 +114,24 @@ def test_runs_leave_both_work_trees_clean_and_reuse_the_feature_cache(pets):
     assert client.get_run(ids[1]).data.tags["git_dirty"] == "false"
 
 
-def test_dvc_repro_runs_the_installed_stages_and_leaves_dvc_status_clean(pets):
+def test_reproduce_rebuilds_the_champion_in_a_new_project_and_leaves_dvc_status_clean(pets):
+    """A new project's commit has no dvc.lock: `tlpipe reproduce` checks out the data alone,
+    runs every installed stage with `dvc repro` (the stages shown as they start) and gets the
+    registered model's metrics back exactly."""
     project, *_ = pets
-    env = cli_env(project / ".prefect")
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "repro", "-q"], cwd=project, env=env, check=True,
-                   capture_output=True, timeout=600)
-    status = subprocess.run([*dvc, "status"], cwd=project, env=env, capture_output=True,
-                            text=True, check=True).stdout
-    assert "up to date" in status, status
+    rebuilt = tlpipe("reproduce", "models:/my-pets@champion", "--keep", cwd=project)
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert "MATCH: models:/my-pets@champion" in rebuilt.stdout
+    assert "has no dvc.lock: every stage was rebuilt" in rebuilt.stdout
+    assert "dvc: Running stage 'features'" in rebuilt.stdout
+    worktree = Path(rebuilt.stdout.split("worktree kept at ")[1].split()[0])
+    try:
+        status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=worktree,
+                                env=cli_env(project / ".prefect"), capture_output=True,
+                                text=True, check=True).stdout
+        assert "up to date" in status, status
+    finally:
+        git("worktree", "remove", "--force", str(worktree), cwd=project)
 
 
 def test_other_classes_under_the_same_model_name_are_refused_before_any_feature(pets, tmp_path):

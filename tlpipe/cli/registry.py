@@ -142,7 +142,12 @@ def reproduce(
     registry_settings(params, set_)
     from tlpipe.registry.reproduce import reproduce as rebuild
 
-    result = rebuild(model_uri, Path.cwd(), keep)
+    def progress(line: str) -> None:  # the stages as they start; all of it with --verbose
+        if options["verbose"] or line.startswith(("Running stage", "Stage '")):
+            typer.echo(f"  dvc: {line}")
+
+    typer.echo(f"Rebuilding {model_uri} with dvc repro in a worktree of its commit (minutes):")
+    result = rebuild(model_uri, Path.cwd(), keep, progress)
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
     for key in result.registered:

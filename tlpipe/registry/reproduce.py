@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,25 @@ class Reproduction:
     notes: list[str]
 
 
-def reproduce(model_uri: str, project: Path, keep: bool = False) -> Reproduction:
-    """Check out the model's commit and data in a separate worktree, ``dvc repro``, compare."""
+def _streamed(command: list[str], cwd: Path, env: dict[str, str],
+              progress: Callable[[str], None]) -> None:
+    """Run ``command``, handing each line it prints to ``progress`` (a rebuild takes minutes:
+    the user sees its stages go by); on failure raise LineageError with the end of it."""
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            progress(line.rstrip())
+    if process.returncode != 0:
+        tail = "\n".join(lines[-30:])
+        raise LineageError(f"dvc repro failed in {cwd} (`{' '.join(command)}`):\n{tail}")
+
+
+def reproduce(model_uri: str, project: Path, keep: bool = False,
+              progress: Callable[[str], None] = lambda line: None) -> Reproduction:
+    """Check out the model's commit and data in a separate worktree, ``dvc repro`` (each line
+    it prints to ``progress``), compare."""
     record = lineage(model_uri)
     commit, notes = record.tags.get(tags.GIT_COMMIT, ""), []
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
@@ -52,13 +70,20 @@ def reproduce(model_uri: str, project: Path, keep: bool = False) -> Reproduction
         # Share the project's DVC cache, so the data comes back without a remote.
         run_command([*dvc, "config", "--local", "cache.dir", str(project / ".dvc" / "cache")],
                     "dvc config", LineageError, worktree)
-        try:
-            run_command([*dvc, "checkout", "--quiet"], "dvc checkout", LineageError, worktree,
-                        env)
-        except LineageError as error:
-            raise LineageError(f"{error}\nThe data of commit {commit[:12]} is not in the DVC "
-                               "cache: run `dvc pull` in the project first") from None
-        run_command([*dvc, "repro", "--quiet"], "dvc repro", LineageError, worktree, env)
+        # The data only (its `dvc add` pointers): a new project's commit has no dvc.lock yet,
+        # so the pipeline's outputs have nothing to check out, and all of them are rebuilt.
+        pointers = run_command(["git", "ls-files", "*.dvc"], "git ls-files", LineageError,
+                               worktree).split()
+        if pointers:
+            try:
+                run_command([*dvc, "checkout", "--quiet", *pointers], "dvc checkout",
+                            LineageError, worktree, env)
+            except LineageError as error:
+                raise LineageError(f"{error}\nThe data of commit {commit[:12]} is not in the "
+                                   "DVC cache: run `dvc pull` in the project first") from None
+        if not (worktree / "dvc.lock").is_file():
+            notes.append(f"commit {commit[:12]} has no dvc.lock: every stage was rebuilt")
+        _streamed([*dvc, "repro"], worktree, env, progress)
         rebuilt_all = json.loads((worktree / "outputs" / "evaluate" / "metrics.json").read_text())
     finally:
         if not keep:
