@@ -68,7 +68,7 @@ def test_every_command_explains_itself():
     for command in ([], ["run"], ["validate"], ["demo-data"], ["predict"], ["lineage"],
                     ["reproduce"], ["promote"], ["rollback"], ["models"], ["export"],
                     ["retrain"], ["schedule"], ["stack"], ["stack", "up"], ["stack", "down"],
-                    ["stack", "status"]):
+                    ["stack", "status"], ["ui"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
     assert "--set" in runner.invoke(app, ["run", "--help"]).output

@@ -20,7 +20,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from tlpipe.cli import data, pipeline, registry, schedule, serving
+from tlpipe.cli import data, pipeline, registry, schedule, serving, stack
 from tlpipe.cli.common import options
 from tlpipe.cli.stack import stack_app
 from tlpipe.errors import TlpipeError
@@ -67,6 +67,7 @@ for command in (registry.models, registry.promote, registry.rollback, registry.l
                 registry.verify, registry.reproduce, serving.predict, serving.export,
                 schedule.retrain, schedule.schedule):
     app.command()(command)
+app.command()(stack.ui)
 app.add_typer(stack_app, name="stack")
 
 

@@ -1,13 +1,15 @@
-"""`tlpipe stack up|down|status`: the team stack on loopback."""
+"""`tlpipe stack up|down|status`: the team stack on loopback; `tlpipe ui`: this project's
+UIs alone."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tlpipe.cli.common import fail
+from tlpipe.cli.common import ParamsOption, SetOption, fail, registry_settings
 
 stack_app = typer.Typer(help="The team stack on loopback: Prefect server, work pool and worker; "
                              "MLflow server on PostgreSQL; a DVC directory remote.",
@@ -55,3 +57,27 @@ def status() -> None:
     for name, running in alive.items():
         typer.echo(f"{name:<15} {'running' if running else 'stopped'}")
     raise typer.Exit(0 if all(alive.values()) else 1)
+
+
+def ui(
+    mlflow_port: Annotated[int | None, typer.Option(help="Default: a free port.")] = None,
+    prefect_port: Annotated[int | None, typer.Option(help="Default: a free port.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Open this project's MLflow UI (runs, plots, registry) and Prefect UI (flow runs) on
+    loopback until Ctrl-C; nothing is scheduled and no team stack is needed."""
+    registry_settings(params, set_)  # MLflow pointed at the project's store
+    import mlflow
+
+    from tlpipe.ops.stack.ui import ui_servers
+
+    typer.echo("Starting the MLflow and Prefect UIs (about 15 s)...")
+    with ui_servers(Path.cwd(), mlflow.get_tracking_uri(), mlflow_port, prefect_port) as up:
+        typer.secho(f"MLflow:  {up.mlflow}", fg=typer.colors.GREEN)
+        typer.secho(f"Prefect: {up.prefect}", fg=typer.colors.GREEN)
+        typer.echo(f"Logs in {up.logs}. Ctrl-C stops both.")
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # taken by sigwait, then cleaned up
+        signal.sigwait(stop)
+    typer.echo("stopped")
