@@ -30,9 +30,14 @@ def hide_expected_tracebacks() -> None:
     """Prefect logs every failed task and flow run with its traceback. For tlpipe's expected
     failures the message says it all, so the console gets the message alone; Prefect's API
     handler (the UI) has seen the record before the console does, and keeps the traceback."""
+    _filter_console(_message_only)
+
+
+def _filter_console(keep: Callable[[logging.LogRecord], bool]) -> None:
+    """Add ``keep`` to Prefect's console handlers, once."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler) and _message_only not in handler.filters:
-            handler.addFilter(_message_only)
+        if isinstance(handler, PrefectConsoleHandler) and keep not in handler.filters:
+            handler.addFilter(keep)
 
 
 # Lines that say only that things ran as they should: the console leaves them out unless
@@ -58,9 +63,7 @@ def prepare(show_tracebacks: bool) -> None:
     ``--verbose`` (``show_tracebacks``), the console gets the stage lines and the verdict, not
     Prefect's routine state lines."""
     if not show_tracebacks:
-        for handler in logging.getLogger().handlers:  # before the traceback is taken off
-            if isinstance(handler, PrefectConsoleHandler) and _not_routine not in handler.filters:
-                handler.addFilter(_not_routine)
+        _filter_console(_not_routine)  # before the traceback is taken off
         hide_expected_tracebacks()
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Validating input example"
     start_temporary_server()

@@ -91,6 +91,8 @@ def load(model: str, project: str | Path = ".", device: str | None = None) -> Mo
 
 
 def _uri(model: str, champion_alias: str) -> str:
+    from tlpipe.registry.loader import model_uri
+
     if model.startswith("models:/"):
         return model
     match = re.fullmatch(r"([^/@]+)(?:@([^/@]+)|/(\d+))?", model)
@@ -98,4 +100,4 @@ def _uri(model: str, champion_alias: str) -> str:
         raise TlpipeError(f"{model!r}: expected NAME, NAME@ALIAS, NAME/VERSION or a models:/ "
                           "URI")
     name, alias, version = match.groups()
-    return f"models:/{name}/{version}" if version else f"models:/{name}@{alias or champion_alias}"
+    return model_uri(name, version, alias or champion_alias)
