@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from tlpipe import tags
 from tlpipe.config import Params
@@ -27,7 +28,7 @@ from tlpipe.tasks.promotion import (
 
 @flow(name="tlpipe-promote", log_prints=True, on_crashed=[cancelled_when_stopped])
 def promote_flow(params: Params, project_dir: str = ".", version: str | None = None,
-                 force_reason: str | None = None) -> dict:
+                 force_reason: str | None = None) -> State:
     """Promote ``version`` (default: the challenger) to champion if it beats the champion on
     the current test split; with ``force_reason``, promote it regardless, recording why."""
     project = Path(project_dir).resolve()
@@ -60,4 +61,6 @@ def promote_flow(params: Params, project_dir: str = ".", version: str | None = N
           f"{' (decided earlier, run ' + decision.run_id + ')' if decision.reused else ''}: "
           f"{decision.reason}")
     publish_promotion(params.registry, asdict(decision))
-    return asdict(decision)
+    # The run's state in the Prefect UI names the verdict: Promoted, Refused, Forced, ...
+    return Completed(name=decision.verdict.title(), message=decision.reason[:500],
+                     data=asdict(decision))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from tlpipe import tags
 from tlpipe.config import Params
@@ -20,7 +21,7 @@ from tlpipe.tasks.stages import features_shard, stage
 
 
 @flow(name="tlpipe-train", log_prints=True, on_crashed=[cancelled_when_stopped])
-def train_flow(params: Params, project_dir: str = ".") -> dict:
+def train_flow(params: Params, project_dir: str = ".") -> State:
     """Validate the data, extract cached features, audit them (label issues, leaks, outliers),
     train the head on the audited images, fine-tune, evaluate on the held-out test split,
     register the model as the challenger, then let the promotion gate decide whether it
@@ -56,10 +57,13 @@ def train_flow(params: Params, project_dir: str = ".") -> dict:
     # After the training run is closed, so a refused promotion never marks training FAILED.
     promotion = (promote_flow(params, project_dir, version=str(version["version"]))
                  if params.promotion.after_training else None)
-    return {"run_id": run.parent_run_id, "outputs": str(project / settings.outputs_dir),
-            "model": version, "features": features, "audit": audit,
-            "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
-            "test_macro_f1": evaluation["macro_f1"],
-            "small_test_split": evaluation["small_test_split"], "promotion": promotion,
-            "uncommitted": run_tags[tags.GIT_CHANGED] if run_tags[tags.GIT_DIRTY] == "true"
-            else None}
+    summary = {"run_id": run.parent_run_id, "outputs": str(project / settings.outputs_dir),
+               "model": version, "features": features, "audit": audit,
+               "head": head, "finetune": finetune, "test_accuracy": evaluation["accuracy"],
+               "test_macro_f1": evaluation["macro_f1"],
+               "small_test_split": evaluation["small_test_split"], "promotion": promotion,
+               "uncommitted": run_tags[tags.GIT_CHANGED]
+               if run_tags[tags.GIT_DIRTY] == "true" else None}
+    # Named for the UI: the promotion's verdict, or Registered when the gate did not run.
+    return Completed(name=promotion["verdict"].title() if promotion else "Registered",
+                     data=summary)

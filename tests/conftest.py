@@ -112,3 +112,15 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def onnx_probabilities(onnx_file: Path, images: list):
+    """An exported model's probabilities for decoded images (uint8 HxW or HxWx3 arrays), one
+    image per run as a user with images of mixed sizes would call it."""
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return np.concatenate([
+        session.run(None, {"image": (image[:, :, None] if image.ndim == 2 else image)[None]})[0]
+        for image in map(np.asarray, images)])

@@ -1,5 +1,7 @@
 """A stranger's folder of images to a registered champion, through the installed CLI:
-`tlpipe init`, then `tlpipe run` in the new project, each a subprocess of its own."""
+`tlpipe init`, then `tlpipe run` in the new project, each a subprocess of its own. The
+folder has three imbalanced classes (6:3:1), and the champion answers the same through
+`tlpipe predict`, `tlpipe.load`, the served pyfunc and its ONNX export."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, onnx_probabilities
 from tests.images import write_shapes
 from tlpipe.ops.project import COPY_LIMIT_BYTES, init_project
 
 TLPIPE = str(Path(sys.executable).parent / "tlpipe")
 CLASSES = {"disc": "red disc", "square": "blue square", "stripes": "striped tile"}
+COUNTS = {"disc": 60, "square": 30, "stripes": 10}  # "striped tile" is the rare class
 # What a user edits after `tlpipe init` to make runs quick: two rungs of the ladder, no
 # fine-tuning (tests/test_flow.py and tests/test_recipe.py cover those).
 QUICK = {"head": {"candidates": ["logistic", "knn"]}, "finetune": {"epochs": 0}}
@@ -48,9 +51,12 @@ def features_runs(client: MlflowClient, parent_run_id: str) -> list:
 
 @pytest.fixture(scope="module")
 def pets(tmp_path_factory):
-    """`tlpipe init` on "My Pets" (three classes, names with spaces), then two `tlpipe run`."""
+    """`tlpipe init` on "My Pets" (three imbalanced classes, names with spaces), then two
+    `tlpipe run`."""
     base = tmp_path_factory.mktemp("stranger")
-    data = write_shapes(base / "photos" / "My Pets", per_class=30)
+    data = base / "photos" / "My Pets"
+    for kind, count in COUNTS.items():
+        write_shapes(data, per_class=count, kinds=(kind,))
     for kind, name in CLASSES.items():
         (data / kind).rename(data / name)
     checkout_before = git("status", "--porcelain", cwd=REPO)
@@ -97,6 +103,49 @@ def test_run_registers_a_champion_named_after_the_folder_in_the_projects_own_sto
     assert json.loads(model.tags["tlpipe.classes"]) == sorted(CLASSES.values())
     assert "Registered my-pets version 1" in runs[0].stdout and "PROMOTED" in runs[0].stdout
     assert (project / "runs").is_dir() and not (project / "outputs").exists()
+
+
+def test_the_audit_does_not_call_the_rare_class_mislabelled(pets):
+    project, *_ = pets
+    findings = json.loads(next(project.glob("runs/*/audit/findings.json")).read_text())
+    rare = [f for f in findings if f["finding"] == "label_issue" and f["label"] == "striped tile"]
+    assert len(rare) <= 2, rare  # of 10 correctly labelled images
+
+
+def test_the_champion_answers_alike_in_predict_load_the_served_pyfunc_and_onnx(pets, tmp_path):
+    import base64
+
+    import numpy as np
+    import pandas as pd
+
+    from tlpipe.api import load
+    from tlpipe.vectors.images import load_rgb
+
+    project, data, *_ = pets
+    files = sorted(data.rglob("*_[0-4].*"))  # every class, PNG and JPEG, several sizes
+    predicted = tlpipe("predict", *map(str, files), "--out",
+                       str(tmp_path / "predictions.csv"), cwd=project)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    cli = pd.read_csv(tmp_path / "predictions.csv").set_index("path")
+    model = load("my-pets@champion", project=project)
+    columns = [f"prob_{name}" for name in model.classes]
+    loaded = model.predict(files).set_index("path")
+    # The served model receives base64 text in JSON: the pyfunc's own input, as a server has it.
+    served = model._pyfunc.predict(pd.DataFrame(
+        {"image": [base64.b64encode(path.read_bytes()).decode() for path in files]}))
+    exported = tlpipe("export", "models:/my-pets@champion", "--out", str(tmp_path / "m.onnx"),
+                      cwd=project)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    onnx = onnx_probabilities(tmp_path / "m.onnx", [load_rgb(path) for path in files])
+    keys = [str(path) for path in files]
+    reference = loaded.loc[keys, columns].to_numpy()
+    for other in (cli.loc[keys, columns].to_numpy(), served[columns].to_numpy(), onnx):
+        assert np.abs(other - reference).max() < 5e-3
+        assert (other.argmax(axis=1) == reference.argmax(axis=1)).all()
+    assert cli.loc[keys, "label"].tolist() == loaded.loc[keys, "label"].tolist() \
+        == served["label"].tolist()
+    rare = [str(path) for path in files if path.parent.name == "striped tile"]
+    assert (loaded.loc[rare, "label"] == "striped tile").all()
 
 
 def test_runs_leave_both_work_trees_clean_and_reuse_the_feature_cache(pets):

@@ -4,22 +4,26 @@ evaluation (the Scorer), the served pyfunc and the ONNX export."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
 from mlflow.pyfunc import PythonModelContext
 from torch import nn
 
+from tests.conftest import onnx_probabilities
 from tests.images import photo
 from tlpipe.config import FeaturesConfig
+from tlpipe.metrics import decide
 from tlpipe.serving.export import export_onnx
 from tlpipe.serving.inference import Scorer, predict_probabilities
 from tlpipe.serving.pyfunc import IMAGE_COLUMN, ImageClassifierModel
 from tlpipe.training.heads import HeadSpec, build_head
 from tlpipe.training.model import Classifier, ModelSpec, load_classifier, save_classifier
-from tlpipe.training.tta import choose_tta, probabilities_with
+from tlpipe.training.tta import choose_tta, probabilities_with, validation_probabilities
 from tlpipe.vectors.backbones import load_backbone
 from tlpipe.vectors.images import load_rgb
 
@@ -51,14 +55,16 @@ def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_auto_keeps_flips_only_where_they_beat_the_plain_model_on_validation():
     device = torch.device("cpu")
-    helped = choose_tta("auto", LeftHalfDetector(), blobs, device, 2)
+    helped = choose_tta("auto", validation_probabilities(LeftHalfDetector(), blobs(), device), 2)
     assert helped.tta == "flip", helped.reason
     assert helped.scores["flip"]["val_accuracy"] == 1.0
     assert helped.scores["none"]["val_accuracy"] == 0.75  # the right-hand blobs are missed
-    unchanged = choose_tta("auto", MeanBrightness(), blobs, device, 2)
+    brightness = validation_probabilities(MeanBrightness(), blobs(), device)
+    unchanged = choose_tta("auto", brightness, 2)
     assert unchanged.tta == "none" and "do not help" in unchanged.reason
-    assert choose_tta("flip", MeanBrightness(), blobs, device, 2).tta == "flip"
-    assert choose_tta("auto", LeftHalfDetector(), list, device, 2).tta == "none"  # no images
+    assert choose_tta("flip", brightness, 2).tta == "flip"
+    no_images = validation_probabilities(LeftHalfDetector(), [], device)
+    assert choose_tta("auto", no_images, 2).tta == "none"
 
 
 def test_flip_averages_an_image_and_its_mirror():
@@ -97,8 +103,6 @@ def flipped_model(tmp_path_factory):
 
 
 def test_evaluation_pyfunc_and_onnx_apply_the_same_flips(flipped_model, tmp_path):
-    import onnxruntime
-
     model_dir, images, paths = flipped_model
     model, spec = load_classifier(model_dir)
     assert spec.tta == "flip"
@@ -125,7 +129,34 @@ def test_evaluation_pyfunc_and_onnx_apply_the_same_flips(flipped_model, tmp_path
     report = export_onnx(load_classifier(model_dir)[0], spec, target, [], "test")
     assert json.loads(target.with_suffix(".onnx.json").read_text())[
         "test_time_augmentation"] == "flip"
-    pixels = torch.stack([served.transform(load_rgb(images / path)) for path in paths])
-    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    exported = session.run(None, {"pixels": pixels.numpy()})[0]
+    exported = onnx_probabilities(target, [load_rgb(images / path) for path in paths])
     assert np.abs(exported - evaluated).max() < report.tolerance
+
+
+def test_thresholds_saved_in_the_model_decide_the_pyfuncs_and_the_onnx_labels(flipped_model,
+                                                                              tmp_path):
+    source, images, paths = flipped_model
+    model_dir = tmp_path / "model"
+    shutil.copytree(source, model_dir)
+    spec = json.loads((model_dir / "model.json").read_text())
+    thresholds = [0.9, 0.07, 0.03]  # "a" only when it is far ahead
+    (model_dir / "model.json").write_text(json.dumps({**spec, "thresholds": thresholds}))
+    served = ImageClassifierModel()
+    served.load_context(PythonModelContext(artifacts={"model_dir": str(model_dir)},
+                                           model_config={"device": "cpu", "features": {
+                                               "engine": "torch", "precision": "fp32"}}))
+    frame = served.predict(None, pd.DataFrame({IMAGE_COLUMN: [(images / p).read_bytes()
+                                                              for p in paths]}))
+    probabilities = frame[["prob_a", "prob_b", "prob_c"]].to_numpy()
+    expected = [["a", "b", "c"][i] for i in decide(probabilities, thresholds)]
+    assert frame["label"].tolist() == expected
+    assert expected != [["a", "b", "c"][i] for i in probabilities.argmax(axis=1)]
+
+    target = tmp_path / "model.onnx"
+    model, loaded = load_classifier(model_dir)
+    export_onnx(model, loaded, target, [], "test")
+    assert json.loads(target.with_suffix(".onnx.json").read_text())["thresholds"] == thresholds
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    labels = [int(session.run(None, {"image": np.asarray(load_rgb(images / p))[None]})[1][0])
+              for p in paths]
+    assert [["a", "b", "c"][i] for i in labels] == expected

@@ -57,10 +57,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     root: Path = Path("data/raw/hymenoptera_data")
     expected_classes: list[str] | None = None
-    # Names skipped while scanning: OS and editor droppings, never training data.
+    # OS and editor droppings, never training data.
     ignored_names: list[str] = [".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"]
-    # Each file's hash and image facts by (path, size, modification time, inode), as DVC's
-    # own state: an unchanged file is not read again by the next scan.
+    # Hashes by (path, size, mtime, inode), as DVC's state: unchanged files are not re-read.
     state_dir: Path = Path(".cache/manifest")
 
 
@@ -125,8 +124,7 @@ class FeaturesConfig(Section):
     # An engine other than torch float32 is checked against it on real images before first
     # use, and refused if some image's features differ by more than this 1 - cosine.
     max_cosine_distance: PositiveFloat = 1e-3
-    # Exported graphs and their fidelity records, keyed by content (weights, input size,
-    # exporter): one export per machine and backbone, shared by every project.
+    # Exported graphs, keyed by content: one export per machine and backbone, for all projects.
     engine_dir: Path = Path("~/.cache/tlpipe/engines")
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
     # The feature store (tlpipe.vectors.store): a folder, relative to the project, or any
@@ -272,6 +270,9 @@ class EvaluationConfig(Section):
     # "flip": each image's probabilities averaged with its mirror image's, in evaluation,
     # serving and ONNX alike (fastai's tta); "auto": only if that helps on validation.
     tta: Literal["auto", "flip", "none"] = "auto"
+    # auto: per-class decision thresholds fitted on validation (training.thresholds), kept if
+    # they help on validation images they were not fitted on; they change labels, not scores.
+    thresholds: Literal["auto", "none"] = "none"
 
 
 Alias = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
@@ -286,9 +287,8 @@ LOCK_KINDS = ("promotion", "retrain")  # model M's locks: registered models M.<k
 
 
 class RegistryConfig(Section):
-    # Not given: named after the data folder (Params fills it in), so other data never lands
-    # in a model of another name by accident.
-    # Names go into MLflow's filter strings and Prefect's artifact keys: no quotes there.
+    # Not given: named after the data folder (Params fills it in). Names go into MLflow's
+    # filter strings and Prefect's artifact keys: no quotes there.
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     alias: Alias = "challenger"           # every newly trained version
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback

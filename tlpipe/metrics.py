@@ -17,6 +17,15 @@ from sklearn.metrics import (
 )
 
 
+def decide(probabilities: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
+    """Each row's class index: the largest probability, or with per-class ``thresholds`` the
+    largest probability / threshold (``training.thresholds``)."""
+    probabilities = np.asarray(probabilities)
+    if thresholds is None:
+        return probabilities.argmax(axis=1)
+    return (probabilities / np.asarray(thresholds, dtype=probabilities.dtype)).argmax(axis=1)
+
+
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == y_true
@@ -30,8 +39,9 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bi
 
 
 def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str],
-                    calibration_bins: int) -> dict:
-    y_pred = probabilities.argmax(axis=1)
+                    calibration_bins: int, thresholds: list[float] | None = None) -> dict:
+    """The figures of the model's answers (``decide``); calibration is of its probabilities."""
+    y_pred = decide(probabilities, thresholds)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)

@@ -73,8 +73,9 @@ def export(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
 ) -> None:
-    """Write a registered model as a self-contained ONNX file plus a JSON of its classes and
-    preprocessing, after checking ONNX Runtime against PyTorch on real images."""
+    """Write a registered model as one ONNX file that takes decoded images (uint8, NHWC, RGB
+    or grey, any size) and does the model's resizing and normalisation itself, plus a JSON of
+    its classes; checked against the served model on real images first."""
     if format_ != "onnx":
         fail(f"--format {format_!r}: only 'onnx' is supported", 2)
     settings = registry_settings(params, set_)
@@ -88,6 +89,6 @@ def export(
     target = out or Path(f"{version.name}-v{version.version}.onnx")
     report = export_onnx(model, spec, target, samples, model_uri)
     typer.secho(f"wrote {report.onnx_file} and {report.metadata_file}", fg=typer.colors.GREEN)
-    typer.echo(f"ONNX Runtime vs PyTorch on {report.inputs_checked} inputs "
+    typer.echo(f"ONNX Runtime vs the served model on {report.inputs_checked} images "
                f"({len(samples)} real images): max |difference| of probabilities "
                f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")

@@ -14,7 +14,7 @@ from math import comb
 import numpy as np
 
 from tlpipe.config import PromotionConfig
-from tlpipe.metrics import compute_metrics
+from tlpipe.metrics import compute_metrics, decide
 from tlpipe.promotion.baseline import measure_baseline
 
 
@@ -32,9 +32,10 @@ class Scores:
 
     @classmethod
     def from_probabilities(cls, version: str, y_true: np.ndarray, probabilities: np.ndarray,
-                           classes: list[str], calibration_bins: int) -> Scores:
-        figures = compute_metrics(y_true, probabilities, classes, calibration_bins)
-        predicted = probabilities.argmax(axis=1)
+                           classes: list[str], calibration_bins: int,
+                           thresholds: list[float] | None = None) -> Scores:
+        figures = compute_metrics(y_true, probabilities, classes, calibration_bins, thresholds)
+        predicted = decide(probabilities, thresholds)
         return cls(version=version,
                    metrics={k: figures[k] for k in ("accuracy", "macro_f1", "ece")},
                    recall={name: v["recall"] for name, v in figures["per_class"].items()},

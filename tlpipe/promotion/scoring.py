@@ -68,7 +68,8 @@ def score_version(name: str, version: str, split: HeldOutSplit, params: Params
                                           params.evaluation.batch_size)
     y_true = np.array([spec.classes.index(label) for label in split.labels])
     return Scores.from_probabilities(version, y_true, probabilities, spec.classes,
-                                     params.evaluation.calibration_bins), spec.classes
+                                     params.evaluation.calibration_bins,
+                                     spec.thresholds), spec.classes
 
 
 def score_candidates(candidates: Candidates, split: HeldOutSplit, params: Params

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tlpipe.config import FeaturesConfig
+from tlpipe.metrics import decide
 from tlpipe.training.model import Classifier, ModelSpec
 from tlpipe.training.tta import probabilities_with
 from tlpipe.vectors.backbones import Backbone, state_digest
@@ -58,8 +59,11 @@ def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_si
         batches, desc="evaluate", unit="batch", total=-(-len(paths) // batch_size))])
 
 
-def prediction_frame(probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    best = probabilities.argmax(axis=1)
+def prediction_frame(probabilities: np.ndarray, classes: list[str],
+                     thresholds: list[float] | None = None) -> pd.DataFrame:
+    """``label`` (the model's answer, its thresholds applied), its ``probability`` and every
+    class's ``prob_<class>``."""
+    best = decide(probabilities, thresholds)
     frame = pd.DataFrame({
         "label": [classes[i] for i in best],
         "probability": probabilities[np.arange(len(best)), best].astype(float),

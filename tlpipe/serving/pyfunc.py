@@ -70,7 +70,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         except ValueError as error:
             raise BadInput(str(error)) from None
         batch = torch.stack([self.transform(image) for image in images])
-        return prediction_frame(self.scorer(batch), self.spec.classes)
+        return prediction_frame(self.scorer(batch), self.spec.classes, self.spec.thresholds)
 
 
 def as_image(value: object, row: int = 0, min_side: int | None = None,

@@ -18,7 +18,7 @@ from tlpipe.config import Params
 from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.fsio import write_json
-from tlpipe.metrics import compute_metrics, flat_metrics, small_split_warning
+from tlpipe.metrics import compute_metrics, decide, flat_metrics, small_split_warning
 from tlpipe.ops.tracking import RunContext, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, outputs_for
 from tlpipe.reports.mistakes import write_mistakes_page
@@ -34,10 +34,11 @@ STAGE = __name__.rpartition(".")[2]
 
 
 def prediction_rows(paths: list[str], y_true: np.ndarray, probabilities: np.ndarray,
-                    classes: list[str]) -> list[dict]:
+                    classes: list[str], thresholds: list[float] | None = None) -> list[dict]:
     """One record per test image: its path, true and predicted class, and the probabilities
     (the columns `tlpipe predict` writes)."""
-    frame = prediction_frame(probabilities, classes).rename(columns={"label": "predicted"})
+    frame = prediction_frame(probabilities, classes, thresholds).rename(
+        columns={"label": "predicted"})
     frame.insert(0, "actual", [classes[truth] for truth in y_true])
     frame.insert(0, "path", paths)
     return frame.round(6).to_dict(orient="records")
@@ -54,9 +55,9 @@ def compute(params: Params, project: Path) -> dict:
                                           test["path"].tolist(), params.evaluation.batch_size)
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
-                              params.evaluation.calibration_bins)
+                              params.evaluation.calibration_bins, spec.thresholds)
     metrics["small_test_split"] = small_split_warning(
-        test["label"].tolist(), int((probabilities.argmax(axis=1) == y_true).sum()),
+        test["label"].tolist(), int((decide(probabilities, spec.thresholds) == y_true).sum()),
         params.evaluation.min_test_images, params.evaluation.min_test_per_class)
     write_json(out.metrics, metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
@@ -67,7 +68,8 @@ def compute(params: Params, project: Path) -> dict:
     plot_learning_curves(curves, out.curves_png)
     for stage in ("head", "finetune"):
         write_json(out.curves_json(stage), curves.get(stage, []))
-    predictions = prediction_rows(test["path"].tolist(), y_true, probabilities, spec.classes)
+    predictions = prediction_rows(test["path"].tolist(), y_true, probabilities, spec.classes,
+                                  spec.thresholds)
     write_json(out.predictions_json, predictions)
     write_mistakes_page(predictions, spec.classes, data_root(params, project), out.mistakes_html,
                         params.evaluation.mistakes_shown)

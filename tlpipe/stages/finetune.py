@@ -34,7 +34,8 @@ from tlpipe.training.distributed import DistributedError, Rank, launch
 from tlpipe.training.finetune import FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
-from tlpipe.training.tta import TtaChoice, choose_tta
+from tlpipe.training.thresholds import ThresholdChoice, choose_thresholds
+from tlpipe.training.tta import TtaChoice, choose_tta, validation_probabilities
 from tlpipe.vectors.backbones import chosen_backbone
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
 
@@ -52,19 +53,31 @@ def checkpoint_path(params: Params, project: Path, head_sha256: str, data_finger
     return resolve(project, params.finetune.checkpoint_dir) / key[:16] / "last.pt"
 
 
-def _save(model: Classifier, spec: ModelSpec, tta: TtaChoice, out: Outputs) -> None:
-    save_classifier(model.eval(), dataclasses.replace(spec, tta=tta.tta), out.model_dir)
+@dataclasses.dataclass(frozen=True)
+class Decisions:
+    """How the final model turns probabilities into answers, both chosen on validation."""
+
+    tta: TtaChoice
+    thresholds: ThresholdChoice
+
+    def to_dict(self) -> dict:
+        return {"tta": self.tta.to_dict(), "thresholds": self.thresholds.to_dict()}
 
 
-def _head_only(reason: str, model: Classifier, spec: ModelSpec, tta: TtaChoice,
+def _save(model: Classifier, spec: ModelSpec, decisions: Decisions, out: Outputs) -> None:
+    save_classifier(model.eval(), dataclasses.replace(
+        spec, tta=decisions.tta.tta, thresholds=decisions.thresholds.thresholds), out.model_dir)
+
+
+def _head_only(reason: str, model: Classifier, spec: ModelSpec, decisions: Decisions,
                out: Outputs) -> dict:
-    _save(model, spec, tta, out)
+    _save(model, spec, decisions, out)
     write_json(out.finetune_history, {"epochs": [], "best_epoch": -1, "skipped": True,
                                       "verdict": "skipped", "reason": reason,
-                                      "tta": tta.to_dict()})
+                                      **decisions.to_dict()})
     return {"model_dir": str(out.model_dir), "epochs_run": 0, "resumed_from_epoch": None,
             "history": [], "verdict": "skipped", "reason": reason, "estimated_seconds": None,
-            "tta": tta.to_dict()}
+            **decisions.to_dict()}
 
 
 def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = None) -> dict:
@@ -94,17 +107,30 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     data = FinetuneData(data_root(params, project), train_paths, train_labels, val_paths,
                         val_labels, len(classes))
 
-    def tta_for(model: Classifier) -> TtaChoice:
-        if params.evaluation.tta == "auto" and chosen.get("fitted_on") == "train+val":
-            return TtaChoice("none", "the head was fitted on the validation images too: none "
-                                     "are left to judge test-time flips on")
-        val_rows = ImageFolderRows.for_evaluation(data.root, val_paths, backbone.preprocessing,
-                                                  val_labels)
-        return choose_tta(params.evaluation.tta, model,
-                          lambda: iterate_batches(val_rows, params.evaluation.batch_size,
-                                                  params.finetune.num_workers),
-                          resolve_device(params.device), len(classes),
-                          params.head.selection_metric)
+    def decisions_for(model: Classifier) -> Decisions:
+        settings = params.evaluation
+        if chosen.get("fitted_on") == "train+val":
+            why = "the head was fitted on the validation images too: none are left to judge"
+            return Decisions(
+                choose_tta(settings.tta, None, len(classes)) if settings.tta != "auto"
+                else TtaChoice("none", f"{why} test-time flips on"),
+                ThresholdChoice(None, f"{why} thresholds on" if settings.thresholds == "auto"
+                                else "evaluation.thresholds is none"))
+        validation = None
+        if "auto" in (settings.tta, settings.thresholds):
+            val_rows = ImageFolderRows.for_evaluation(data.root, val_paths,
+                                                      backbone.preprocessing, val_labels)
+            validation = validation_probabilities(
+                model, iterate_batches(val_rows, settings.batch_size,
+                                       params.finetune.num_workers),
+                resolve_device(params.device))
+        tta = choose_tta(settings.tta, validation, len(classes), params.head.selection_metric)
+        thresholds = (ThresholdChoice(None, "evaluation.thresholds is none")
+                      if validation is None else
+                      choose_thresholds(settings.thresholds, validation.under(tta.tta).numpy(),
+                                        validation.truth.numpy(),
+                                        params.head.selection_metric, params.seed))
+        return Decisions(tta, thresholds)
 
     skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
             f"the features are {backbone.name}: no backbone weights to fine-tune"
@@ -112,7 +138,7 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
             None if head_spec.fine_tunable else
             f"the chosen head ({chosen['candidate']}) has no weights to fine-tune")
     if skip:
-        return _head_only(skip, head_model, spec, tta_for(head_model), out)
+        return _head_only(skip, head_model, spec, decisions_for(head_model), out)
 
     rank = Rank.current()
     if params.finetune.processes > 1 and rank.world_size == 1:
@@ -127,8 +153,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                       resolve_device(params.device), on_epoch_end, params.head.selection_metric)
     if rank.index > 0:
         return {}  # under torchrun the first process writes the outputs
-    tta = tta_for(result.model)
-    _save(result.model, spec, tta, out)
+    decisions = decisions_for(result.model)
+    _save(result.model, spec, decisions, out)
     verdict = "kept" if result.improved else "not kept"
     reason = (f"{result.candidate.name}: "
               + _reason(result.history.start, result.history.epochs, result.history.best_epoch)
@@ -139,12 +165,12 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                                       "candidate": dataclasses.asdict(result.candidate),
                                       "search": result.search, "budget": result.budget_note,
                                       "verdict": verdict, "reason": reason,
-                                      "tta": tta.to_dict()})
+                                      **decisions.to_dict()})
     return {"model_dir": str(out.model_dir), "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from_epoch, "checkpoint": str(checkpoint),
             "history": result.history.epochs, "verdict": verdict, "reason": reason,
             "search": result.search, "estimated_seconds": result.estimated_seconds,
-            "tta": tta.to_dict()}
+            **decisions.to_dict()}
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:
@@ -211,4 +237,9 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         mlflow.set_tag("tta", tta["tta"])
         print(f"finetune: test-time flips {'on' if tta['tta'] == 'flip' else 'off'}: "
               f"{tta['reason']}")
+        if params.evaluation.thresholds != "none":
+            thresholds = result["thresholds"]
+            mlflow.set_tag("thresholds", json.dumps(thresholds["thresholds"]))
+            print(f"finetune: per-class thresholds {'on' if thresholds['thresholds'] else 'off'}"
+                  f": {thresholds['reason']}")
         return {k: v for k, v in result.items() if k != "history"}

@@ -46,6 +46,7 @@ class ModelSpec:
     head: dict  # HeadSpec fields: what shapes the head
     preprocessing: dict
     tta: str = "none"  # "flip": probabilities averaged with the mirror image's (training.tta)
+    thresholds: list[float] | None = None  # per class, in classes' order (training.thresholds)
     # Serving refuses to decode larger images (validation.max_pixels when it was trained).
     max_pixels: int = ValidationConfig.model_fields["max_pixels"].default
 

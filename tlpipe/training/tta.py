@@ -39,32 +39,54 @@ class TtaChoice:
         return {"tta": self.tta, "reason": self.reason, "scores": self.scores}
 
 
-def choose_tta(setting: str, model: nn.Module,
-               val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-               device: torch.device, num_classes: int, selection_metric: str = "macro_f1"
-               ) -> TtaChoice:
-    """``setting`` "flip" or "none" as given; "auto": "flip" only if it scores a lower
-    class-balanced validation loss and no lower ``selection_metric`` than the plain model on
-    ``val_batches()`` (the rule early stopping applies to an epoch), else "none"."""
-    if setting != "auto":
-        return TtaChoice(setting, f"evaluation.tta is {setting}")
-    scores = {"none": ValidationScores(num_classes), "flip": ValidationScores(num_classes)}
+@dataclass(frozen=True)
+class ValidationProbabilities:
+    """A model's class probabilities on the validation images, plain and mirrored."""
+
+    plain: torch.Tensor
+    flipped: torch.Tensor
+    truth: torch.Tensor
+
+    def under(self, tta: str) -> torch.Tensor:
+        return self.plain if tta == "none" else (self.plain + self.flipped) / 2
+
+
+def validation_probabilities(model: nn.Module, val_batches: Iterable[tuple[torch.Tensor,
+                                                                             torch.Tensor]],
+                             device: torch.device) -> ValidationProbabilities:
+    plain, flipped, truth = [], [], []
     model.eval().to(device)
     try:
         with torch.inference_mode():
-            for images, truth in val_batches():
+            for images, labels in val_batches:
                 images = images.to(device)
-                plain = torch.softmax(model(images).float(), dim=1).cpu()
-                flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).cpu()
-                for name, probabilities in (("none", plain), ("flip", (plain + flipped) / 2)):
-                    picked = probabilities[torch.arange(len(truth)), truth]
-                    scores[name].add(-picked.clamp(min=1e-12).log(), probabilities.argmax(1),
-                                     truth)
+                plain.append(torch.softmax(model(images).float(), dim=1).cpu())
+                flipped.append(torch.softmax(model(images.flip(-1)).float(), dim=1).cpu())
+                truth.append(labels.cpu())
     finally:
         model.cpu()
-    if not scores["none"].totals.any():
+    if not truth:
+        return ValidationProbabilities(torch.empty(0, 0), torch.empty(0, 0),
+                                       torch.empty(0, dtype=torch.long))
+    return ValidationProbabilities(torch.cat(plain), torch.cat(flipped), torch.cat(truth))
+
+
+def choose_tta(setting: str, validation: ValidationProbabilities | None, num_classes: int,
+               selection_metric: str = "macro_f1") -> TtaChoice:
+    """``setting`` "flip" or "none" as given; "auto": "flip" only if it scores a lower
+    class-balanced validation loss and no lower ``selection_metric`` than the plain model on
+    ``validation`` (the rule early stopping applies to an epoch), else "none"."""
+    if setting != "auto":
+        return TtaChoice(setting, f"evaluation.tta is {setting}")
+    if validation is None or not len(validation.truth):
         return TtaChoice("none", "no validation images to judge test-time flips on")
-    figures = {name: score.figures() for name, score in scores.items()}
+    truth = validation.truth
+    figures = {}
+    for name in ("none", "flip"):
+        probabilities, scores = validation.under(name), ValidationScores(num_classes)
+        picked = probabilities[torch.arange(len(truth)), truth]
+        scores.add(-picked.clamp(min=1e-12).log(), probabilities.argmax(1), truth)
+        figures[name] = scores.figures()
     key = f"val_{selection_metric}"
     better = (figures["flip"]["val_loss"] < figures["none"]["val_loss"]
               and figures["flip"][key] >= figures["none"][key])
