@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import is_expected
 from tlpipe.flows.promote import promote_flow
 from tlpipe.flows.retrain import retrain_flow, retrain_schedule, serve_retrain
 from tlpipe.flows.train import train_flow
@@ -21,7 +21,7 @@ __all__ = ["hide_expected_tracebacks", "prepare", "promote_flow", "retrain_flow"
 
 
 def _message_only(record: logging.LogRecord) -> bool:
-    if record.exc_info and isinstance(record.exc_info[1], TlpipeError):
+    if record.exc_info and is_expected(record.exc_info[1]):
         record.exc_info, record.exc_text = None, None
     return True
 
@@ -45,7 +45,7 @@ def _filter_console(keep: Callable[[logging.LogRecord], bool]) -> None:
 ROUTINE = ("Finished in state", "Beginning flow run", "Beginning subflow run",
            "Starting temporary server", "Stopping temporary server",
            "Created temporary directory")
-# Prefect's lines for a failed task or flow: an expected failure (a TlpipeError) is said once,
+# Prefect's lines for a failed task or flow: an expected failure (errors.is_expected) is said once,
 # by the command, at the end.
 FAILURE = ("Task run failed with exception", "Encountered exception during execution")
 
@@ -54,7 +54,7 @@ def _not_routine(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     if message.startswith(ROUTINE):
         return False
-    expected = record.exc_info and isinstance(record.exc_info[1], TlpipeError)
+    expected = record.exc_info and is_expected(record.exc_info[1])
     return not (expected and message.startswith(FAILURE))
 
 

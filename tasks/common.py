@@ -8,13 +8,16 @@ from mlflow.exceptions import MlflowException
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from tlpipe.errors import is_expected
+
 
 def transient_only(task, task_run, state) -> bool:
-    """Retry I/O and registry hiccups; never retry bad data or bad settings."""
+    """Retry I/O and registry hiccups; never retry bad data or bad settings, nor a folder that
+    is read-only or full (retrying cannot change it)."""
     try:
         state.result()
-    except (OSError, ConnectionError, TimeoutError, MlflowException):
-        return True
+    except (OSError, ConnectionError, TimeoutError, MlflowException) as error:
+        return not is_expected(error)
     except BaseException:
         return False
     return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -209,3 +211,37 @@ def test_a_corrupted_checkpoint_is_set_aside_and_the_training_starts_over(
     assert again.resumed_from_epoch is None and again.epochs_run == 2  # started over
     assert again.history.epochs == whole.history.epochs
     assert _same_weights(again.model, whole.model)
+
+
+def test_an_edited_search_state_is_set_aside_and_every_candidate_is_in_again(
+        backbone, data, tmp_path, monkeypatch, capsys):
+    whole = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                     tmp_path / "whole.pt", CPU)
+    train_epoch, calls = TuningRun.train_epoch, []
+
+    def killed_after_the_first_round(run, forecast=None):
+        if len(calls) == 4:  # every candidate has trained its first epoch, some were cut
+            raise KeyboardInterrupt
+        calls.append(run.candidate)
+        return train_epoch(run, forecast)
+
+    monkeypatch.setattr(TuningRun, "train_epoch", killed_after_the_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                 tmp_path / "killed.pt", CPU)
+    monkeypatch.setattr(TuningRun, "train_epoch", train_epoch)
+    state_file = tmp_path / "killed-search.json"
+    state = json.loads(state_file.read_text())
+    assert len(state["alive"]) < 4 and state["sha256"]
+    # A plausible edit, valid JSON: the loser brought back in place of the survivors.
+    loser = next(iter(state["out"]))
+    state_file.write_text(json.dumps({**state, "alive": [loser]}))
+    resumed = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                       tmp_path / "killed.pt", CPU)
+    printed = capsys.readouterr()
+    assert "killed-search.json: its content does not match the digest" in printed.out + \
+        printed.err
+    assert (tmp_path / "killed-search.json.corrupt").is_file()
+    # Every candidate resumed from its own checkpoint, so the search ends as before.
+    assert resumed.candidate == whole.candidate
+    assert _same_weights(resumed.model, whole.model)

@@ -3,11 +3,14 @@ train nonsense, files that would hang or flood a read, class names MLflow would 
 
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 
 import pytest
 from mlflow.utils.validation import _validate_metric_name
 
+from tests.conftest import make_project
 from tests.images import write_class_folder
 from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
 from tlpipe.data.manifest import build_manifest
@@ -99,3 +102,32 @@ def test_weights_files_follow_the_umask_like_every_output(tmp_path):
     target = write_atomic(tmp_path / "head.safetensors",
                           lambda path: save_file({"w": torch.zeros(2)}, str(path)))
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _unwritable_dir() -> Path | None:
+    """A folder that cannot be made even by root: under /sys, read-only in containers."""
+    probe = Path("/sys/fs/tlpipe-probe")
+    try:
+        probe.mkdir()
+    except OSError as error:
+        return probe if error.errno in (errno.EPERM, errno.EROFS, errno.EACCES) else None
+    probe.rmdir()
+    return None
+
+
+@pytest.mark.skipif(_unwritable_dir() is None, reason="no unwritable folder to point at here "
+                                                      "(tests run as root outside a container)")
+def test_an_unwritable_runs_folder_is_a_message_naming_it(tmp_path, small_data, prefect_harness,
+                                                          monkeypatch):
+    from typer.testing import CliRunner
+
+    from tlpipe.cli.main import app
+
+    project = make_project(tmp_path / "project", small_data)
+    runs = _unwritable_dir() / "runs"
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["run", "--set", f"runs_dir={runs}"])
+    assert result.exit_code == 1, result.output
+    assert "tlpipe-probe" in result.output and "make it writable" in result.output
+    assert "runs_dir" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) < 15, result.output

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,15 @@ def test_a_bomb_is_refused_before_it_is_decoded(model_dir, tmp_path):
     assert "limit of 2000000" in outcome["refused"] and "downscale" in outcome["refused"]
     # Decoded, the bomb alone would take 0.9 GB in mode "1" and 2.7 GB as RGB.
     assert outcome["peak_mb"] < 1500, outcome["peak_mb"]
+
+
+@pytest.mark.parametrize("kind", ["array", "nested lists"])
+def test_an_oversized_pixel_array_is_refused_before_it_is_converted(kind):
+    from tlpipe.serving.pyfunc import as_image
+
+    rows = np.zeros((2000, 1001, 3), np.uint8)
+    value = rows if kind == "array" else [[[0, 0, 0]] * 1001] * 2000
+    with pytest.raises(ValueError, match=r"row 4: 2000x1001 = 2002000 pixels, more than the "
+                                         r"limit of 2000000.*downscale"):
+        as_image(value, row=4, max_pixels=2_000_000)
+    assert as_image(rows[:1000], max_pixels=2_000_000).size == (1001, 1000)

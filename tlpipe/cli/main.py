@@ -3,8 +3,8 @@
 Commands only parse their arguments and call the library. Heavy imports happen inside them,
 after the runtime defaults are applied: Prefect and MLflow read their settings when first
 imported, and a command that only reads the registry does not pay for torch. Expected failures
-(``tlpipe.errors.TlpipeError``) end as their message and exit code; ``--verbose`` adds the
-traceback.
+(``tlpipe.errors.TlpipeError``, and a folder tlpipe cannot write) end as their message and
+exit code; ``--verbose`` adds the traceback.
 
 Exit codes: 0 done; 1 failed or refused (data validation, the promotion gate, a server or lock,
 a rebuilt model that does not match); 2 unusable settings or arguments, including data whose
@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from tlpipe.cli import data, pipeline, registry, schedule, serving, stack
 from tlpipe.cli.common import options
 from tlpipe.cli.stack import stack_app
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, is_expected, unwritable_message
 
 
 class _Commands(TyperGroup):
@@ -32,11 +32,13 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except TlpipeError as error:
+        except (TlpipeError, OSError) as error:
+            if not is_expected(error):
+                raise
             if options["verbose"]:
                 traceback.print_exc()
-            typer.secho(str(error), fg=typer.colors.RED, err=True)
-            raise typer.Exit(error.exit_code) from None
+            typer.secho(unwritable_message(error) or str(error), fg=typer.colors.RED, err=True)
+            raise typer.Exit(getattr(error, "exit_code", 1)) from None
 
 
 app = typer.Typer(

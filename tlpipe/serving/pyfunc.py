@@ -85,7 +85,7 @@ def as_image(value: object, row: int = 0, min_side: int | None = None,
         if isinstance(value, str):  # JSON requests carry binary values base64-encoded
             return decode_rgb(base64.b64decode(value), min_side, max_pixels)
         if isinstance(value, np.ndarray | list):
-            return array_to_rgb(value)
+            return array_to_rgb(value, max_pixels)
     except ImageTooLarge as error:
         raise ValueError(f"column {IMAGE_COLUMN!r}, row {row}: {error} (the model's "
                          "max_pixels, validation.max_pixels when it was trained): downscale "
@@ -99,10 +99,15 @@ def as_image(value: object, row: int = 0, min_side: int | None = None,
                      f"array, got {type(value).__name__}")
 
 
-def array_to_rgb(values: object) -> Image.Image:
-    """A uint8 array (or nested lists from JSON) of shape HxW, HxWx1, HxWx3 or HxWx4."""
-    from tlpipe.vectors.images import to_rgb
+def array_to_rgb(values: object, max_pixels: int | None = None) -> Image.Image:
+    """A uint8 array (or nested lists from JSON) of shape HxW, HxWx1, HxWx3 or HxWx4; one of
+    more than ``max_pixels`` is refused before it is converted or resized."""
+    from tlpipe.vectors.images import ImageTooLarge, to_rgb
 
+    height, width = _height_width(values)
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLarge(f"{height}x{width} = {height * width} pixels, more than the limit "
+                            f"of {max_pixels}; not converted")
     array = np.asarray(values)
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
@@ -113,3 +118,10 @@ def array_to_rgb(values: object) -> Image.Image:
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
         return to_rgb(Image.fromarray(array))
     raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+
+
+def _height_width(values: np.ndarray | list) -> tuple[int, int]:
+    """Nested lists are measured before NumPy copies them: the first row's width."""
+    if isinstance(values, np.ndarray):
+        return (*values.shape, 1, 1)[:2]
+    return len(values), (len(values[0]) if values and isinstance(values[0], list) else 1)

@@ -23,7 +23,7 @@ from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 
 # What a checkpoint holds changes with this number; it is part of the checkpoint's key, so a
 # checkpoint written by another version of this module is never found, let alone misread.
-CHECKPOINT_FORMAT = 6
+CHECKPOINT_FORMAT = 7
 _HEADER = b"tlpipe-checkpoint sha256="
 
 

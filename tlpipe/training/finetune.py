@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import distributed, nn
+from tqdm.auto import tqdm
 
 from tlpipe.config import AugmentConfig, FinetuneConfig
-from tlpipe.fsio import write_json
+from tlpipe.fsio import set_aside, sha256_text, write_json
 from tlpipe.training.early_stopping import TrainingHistory
 from tlpipe.training.model import Classifier
 from tlpipe.training.tuning_run import Candidate, FinetuneData, Forecast, TuningRun
@@ -204,10 +205,19 @@ class _SearchState:
 
     @classmethod
     def load(cls, checkpoint: Path, candidates: list[Candidate]) -> _SearchState:
+        """The saved state, if it matches the digest saved with it; a file that does not is
+        set aside with a warning, and the search starts with every candidate in."""
         path = checkpoint.with_name(f"{checkpoint.stem}-search.json")
         if path.is_file():
-            saved = json.loads(path.read_text())
-            return cls(saved["alive"], saved["out"], path=path)
+            try:
+                saved = json.loads(path.read_text())
+                if saved["sha256"] == _digest(saved["alive"], saved["out"]):
+                    return cls(saved["alive"], saved["out"], path=path)
+            except (ValueError, KeyError, TypeError):
+                pass
+            tqdm.write(f"finetune: WARNING: {path}: its content does not match the digest "
+                       f"written with it; set aside as {set_aside(path).name}, every "
+                       "candidate of the search is in again")
         return cls([candidate.name for candidate in candidates], path=path)
 
     def cut(self, among: list[TuningRun], survivors: list[TuningRun], why: str) -> None:
@@ -218,7 +228,8 @@ class _SearchState:
 
     def save(self, writer: bool) -> None:
         if writer:
-            write_json(self.path, {"alive": self.alive, "out": self.out})
+            write_json(self.path, {"alive": self.alive, "out": self.out,
+                                   "sha256": _digest(self.alive, self.out)})
 
     def table(self, candidates: list[Candidate], alive: list[TuningRun],
               chosen: TuningRun) -> list[dict]:
@@ -226,6 +237,10 @@ class _SearchState:
         rows = {**self.out, **{run.candidate.name: _row(run, "chosen" if run is chosen
                                                       else "out") for run in alive}}
         return [rows[candidate.name] for candidate in candidates if candidate.name in rows]
+
+
+def _digest(alive: list[str], out: dict[str, dict]) -> str:
+    return sha256_text(json.dumps({"alive": alive, "out": out}, sort_keys=True))
 
 
 def _row(run: TuningRun, outcome: str) -> dict:
