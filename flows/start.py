@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from tlpipe.errors import is_expected
+from tlpipe.errors import TlpipeError, is_expected
 from tlpipe.flows.promote import promote_flow
 from tlpipe.flows.retrain import retrain_flow, retrain_schedule, serve_retrain
 from tlpipe.flows.train import train_flow
@@ -18,6 +18,10 @@ from tlpipe.ops.watchdog import stop_with_this_process
 
 __all__ = ["hide_expected_tracebacks", "prepare", "promote_flow", "retrain_flow",
            "retrain_schedule", "serve_retrain", "start_temporary_server", "train_flow"]
+
+
+class PrefectUnavailable(TlpipeError):
+    """The Prefect API named in the settings does not answer."""
 
 
 def _message_only(record: logging.LogRecord) -> bool:
@@ -58,15 +62,17 @@ def _not_routine(record: logging.LogRecord) -> bool:
     return not (expected and message.startswith(FAILURE))
 
 
-def prepare(show_tracebacks: bool) -> None:
-    """Ready the console and the server for a flow started from the command line. Without
-    ``--verbose`` (``show_tracebacks``), the console gets the stage lines and the verdict, not
-    Prefect's routine state lines."""
+def prepare(show_tracebacks: bool, server: bool = True) -> None:
+    """Ready the console and (with ``server``) the Prefect server for a flow started from the
+    command line: the user's, checked, or a temporary one. Without ``--verbose``
+    (``show_tracebacks``), the console gets the stage lines and the verdict, not Prefect's
+    routine state lines."""
     if not show_tracebacks:
         _filter_console(_not_routine)  # before the traceback is taken off
         hide_expected_tracebacks()
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Validating input example"
-    start_temporary_server()
+    if server:
+        start_temporary_server()
 
 
 def start_temporary_server() -> None:
@@ -79,11 +85,25 @@ def start_temporary_server() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
+        _check_prefect_api(PREFECT_API_URL.value())
         return  # a server of the user's: not ours to stop
     server = SubprocessASGIServer()
     if not server.running:
         server._run_uvicorn_command = _watched(server._run_uvicorn_command)
         server.start()
+
+
+def _check_prefect_api(url: str, timeout_s: float = 10) -> None:
+    """Fail in seconds, naming the server: Prefect's client retries an absent API for minutes."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        raise PrefectUnavailable(
+            f"the Prefect API {url} (PREFECT_API_URL) does not answer ({error}): start it "
+            "(`tlpipe stack up` for the team stack), or unset PREFECT_API_URL to run with a "
+            "temporary server of this command's own") from None
 
 
 def _watched(launch: Callable[[], subprocess.Popen]) -> Callable[[], subprocess.Popen]:

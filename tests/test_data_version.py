@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.images import write_class_folder
 from tlpipe.data import version as data_version
-from tlpipe.data.version import folder_stat, pointer_md5, record_data_version
+from tlpipe.data.version import (
+    DataVersionError,
+    folder_stat,
+    pointer_md5,
+    record_data_version,
+)
 
 
 @pytest.fixture
@@ -51,3 +58,19 @@ def test_dvc_is_asked_only_when_a_file_changed(repo, monkeypatch):
         added.md5, first.md5))  # a pointer checked out from elsewhere: never trusted blindly
     assert version().md5 == added.md5 and asked == ["add"] * 4
     assert folder_stat(data) != folder_stat(data / "moths")
+
+
+def test_a_dvc_remote_that_never_answers_stops_the_push_with_a_message(repo):
+    """A real DVC HTTP remote whose server takes the connection and never replies."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nothing ever reads or answers
+    address = f"http://127.0.0.1:{silent.getsockname()[1]}/store"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "silent", address],
+                   cwd=repo, check=True)
+    started = time.monotonic()
+    with silent, pytest.raises(DataVersionError, match=r"dvc push did not finish within 3 s"):
+        record_data_version(repo / "data" / "raw", repo, commit=True, push=True,
+                            push_timeout_s=3)
+    assert time.monotonic() - started < 60
+    assert pointer_md5(repo / "data" / "raw.dvc")  # added and committed before the push

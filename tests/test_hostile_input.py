@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.utils.validation import _validate_metric_name
 
-from tests.conftest import make_project
+from tests.conftest import cli_env, free_port, make_project
 from tests.images import write_class_folder
 from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
 from tlpipe.data.manifest import build_manifest
@@ -117,17 +120,41 @@ def _unwritable_dir() -> Path | None:
 
 @pytest.mark.skipif(_unwritable_dir() is None, reason="no unwritable folder to point at here "
                                                       "(tests run as root outside a container)")
-def test_an_unwritable_runs_folder_is_a_message_naming_it(tmp_path, small_data, prefect_harness,
-                                                          monkeypatch):
-    from typer.testing import CliRunner
-
-    from tlpipe.cli.main import app
+def test_an_unwritable_runs_folder_is_a_message_naming_it(tmp_path, small_data, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
 
     project = make_project(tmp_path / "project", small_data)
     runs = _unwritable_dir() / "runs"
-    monkeypatch.chdir(project)
-    result = CliRunner().invoke(app, ["run", "--set", f"runs_dir={runs}"])
-    assert result.exit_code == 1, result.output
-    assert "tlpipe-probe" in result.output and "make it writable" in result.output
-    assert "runs_dir" in result.output and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) < 15, result.output
+    result = subprocess.run(  # the harness's Prefect server: no temporary one to start
+        [sys.executable, "-m", "tlpipe.cli.main", "run", "--set", f"runs_dir={runs}"],
+        cwd=project, env={**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value()},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "tlpipe-probe" in result.stderr and "make it writable" in result.stderr
+    assert "runs_dir" in result.stderr and "Traceback" not in result.stderr
+    assert "Retry" not in result.stdout + result.stderr  # retrying cannot make it writable
+
+
+def test_an_absent_prefect_api_fails_the_command_in_seconds_naming_it(tmp_path, small_data):
+    project = make_project(tmp_path / "project", small_data)
+    api = f"http://127.0.0.1:{free_port()}/api"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "tlpipe.cli.main", "run"], cwd=project,
+                            env={**cli_env(), "PREFECT_API_URL": api}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"the Prefect API {api} (PREFECT_API_URL) does not answer" in result.stderr
+    assert "Traceback" not in result.stderr and time.monotonic() - started < 60
+
+
+def test_an_absent_tracking_database_fails_in_seconds_without_its_password(tmp_path):
+    from tlpipe.config import TrackingConfig
+    from tlpipe.ops.tracking import TrackingUnavailable, configure
+
+    port = free_port()
+    uri = f"postgresql://tlpipe:s3cret@127.0.0.1:{port}/mlflow"
+    with pytest.raises(TrackingUnavailable) as refused:
+        configure(TrackingConfig(tracking_uri=uri), tmp_path)
+    assert f"the MLflow database postgresql://127.0.0.1:{port} does not answer" in str(
+        refused.value)
+    assert "s3cret" not in str(refused.value)

@@ -177,8 +177,7 @@ class AuditConfig(Section):
     # data (distinct photos of the demo are >= 0.19 apart, shapes on noise 0.03).
     near_copy_distance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
     neighbours: PositiveInt = 5          # searched per image, for near-copies and the report
-    # An outlier's distance to its nearest class centre is this many robust standard
-    # deviations (1.4826 MAD) above the median image's.
+    # Outliers: this many robust deviations (1.4826 MAD) above the median distance to a centre.
     outlier_deviations: PositiveFloat = 4.0
     exact_search_max: PositiveInt = 20_000  # more vectors: an approximate FAISS index (IVF)
     report_images: Annotated[int, Field(ge=0)] = 40  # thumbnails per finding in the HTML page
@@ -326,6 +325,7 @@ class RetrainConfig(Section):
     # git commit names its data; push it when the project has a default DVC remote.
     version_data: bool = True
     push_data: bool = True
+    push_timeout_s: PositiveFloat = 3600  # a DVC remote that hangs fails the retrain then
     notify_url: AnyHttpUrl | None = None  # gets a JSON POST with every retrain's outcome
     notify_timeout_s: PositiveFloat = 10
     # What starts a retrain once the data changed: any change, or only a change that drifted

@@ -65,7 +65,7 @@ def schedule(
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     from tlpipe.flows import start
 
-    start.prepare(show_tracebacks=options["verbose"])
+    start.prepare(show_tracebacks=options["verbose"], server=not own_server)  # ours: below
     try:  # checked before any server starts
         when = start.retrain_schedule(cron, interval, timezone)
     except ValueError as error:

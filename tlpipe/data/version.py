@@ -40,12 +40,12 @@ class DataVersion:
     pushed: bool             # sent to the project's default DVC remote
 
 
-def _run(command: list[str], project: Path, what: str) -> str:
-    return run_command(command, what, DataVersionError, project)
+def _run(command: list[str], project: Path, what: str, timeout_s: float | None = None) -> str:
+    return run_command(command, what, DataVersionError, project, timeout_s=timeout_s)
 
 
-def _dvc(project: Path, *args: str) -> str:
-    return _run([*python_tool("dvc"), *args], project, f"dvc {args[0]}")
+def _dvc(project: Path, *args: str, timeout_s: float | None = None) -> str:
+    return _run([*python_tool("dvc"), *args], project, f"dvc {args[0]}", timeout_s)
 
 
 def pointer_md5(pointer: Path) -> str | None:
@@ -109,7 +109,8 @@ def _known_versions(state_dir: Path | None, data_root: Path) -> tuple[Path | Non
 
 
 def record_data_version(data_root: Path, project: Path, commit: bool = True,
-                        push: bool = True, state_dir: Path | None = None) -> DataVersion:
+                        push: bool = True, state_dir: Path | None = None,
+                        push_timeout_s: float | None = None) -> DataVersion:
     """`dvc add` the data folder, commit its pointer if it changed, push to the default remote.
 
     With ``state_dir``, a folder whose stat and pointer are unchanged since the last call is
@@ -146,7 +147,8 @@ def record_data_version(data_root: Path, project: Path, commit: bool = True,
     pushed = False
     if push and _has_default_remote(project):
         if known.get("pushed") != md5:
-            _dvc(project, "push", "--quiet", str(pointer.relative_to(project)))
+            _dvc(project, "push", "--quiet", str(pointer.relative_to(project)),
+                 timeout_s=push_timeout_s)
             known["pushed"] = md5
         pushed = True
     if record is not None:

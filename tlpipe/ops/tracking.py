@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 import traceback
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,8 +48,25 @@ class TrackingUnavailable(TlpipeError):
     """The MLflow tracking server does not answer."""
 
 
+# A database store's port when its URI names none.
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
 def _check_reachable(uri: str, timeout_s: float = 10) -> None:
-    """Fail in seconds, naming the server: MLflow's own retries take minutes to give up."""
+    """Fail in seconds, naming the server: MLflow's own retries take minutes to give up, and
+    a database host that drops packets holds a connection attempt for minutes."""
+    parsed = urllib.parse.urlsplit(uri)
+    database = parsed.scheme.split("+")[0]
+    if database in _DATABASE_PORTS and parsed.hostname:
+        address = (parsed.hostname, parsed.port or _DATABASE_PORTS[database])
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+        except OSError as error:  # the password stays out of the message
+            raise TrackingUnavailable(
+                f"the MLflow database {database}://{address[0]}:{address[1]} does not answer "
+                f"within {timeout_s:g} s ({error}): start it, or unset MLFLOW_TRACKING_URI to "
+                "use the project's own store (tracking.tracking_uri in params.yaml)") from None
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -63,9 +81,9 @@ def _check_reachable(uri: str, timeout_s: float = 10) -> None:
 def configure(tracking: TrackingConfig, project_dir: Path) -> str:
     """Point MLflow at the store and return the experiment id (creating it if needed)."""
     uri = tracking_uri(tracking, project_dir)
+    _check_reachable(uri)  # first: a store that does not answer is not made the current one
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    _check_reachable(uri)
     with _store_lock(uri):
         return _experiment_id(tracking, project_dir, uri)
 

@@ -50,7 +50,8 @@ def current_data_version(params: Params, project: Path) -> DataVersion:
     root = data_root(params, project)
     if params.retrain.version_data:
         return record_data_version(root, project, commit=True, push=params.retrain.push_data,
-                                   state_dir=resolve(project, params.data.state_dir))
+                                   state_dir=resolve(project, params.data.state_dir),
+                                   push_timeout_s=params.retrain.push_timeout_s)
     pointer = Path(f"{root}.dvc")
     return DataVersion(pointer_md5(pointer) or "untracked", str(pointer), None, False)
 
