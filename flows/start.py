@@ -14,6 +14,7 @@ from tlpipe.errors import TlpipeError, is_expected
 from tlpipe.flows.promote import promote_flow
 from tlpipe.flows.retrain import retrain_flow, retrain_schedule, serve_retrain
 from tlpipe.flows.train import train_flow
+from tlpipe.ops.tracking import unhealthy
 from tlpipe.ops.watchdog import stop_with_this_process
 
 __all__ = ["hide_expected_tracebacks", "prepare", "promote_flow", "retrain_flow",
@@ -95,15 +96,12 @@ def start_temporary_server() -> None:
 
 def _check_prefect_api(url: str, timeout_s: float = 10) -> None:
     """Fail in seconds, naming the server: Prefect's client retries an absent API for minutes."""
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s).close()
-    except (OSError, ValueError) as error:
+    why = unhealthy(url, timeout_s)
+    if why:
         raise PrefectUnavailable(
-            f"the Prefect API {url} (PREFECT_API_URL) does not answer ({error}): start it "
+            f"the Prefect API {url} (PREFECT_API_URL) does not answer ({why}): start it "
             "(`tlpipe stack up` for the team stack), or unset PREFECT_API_URL to run with a "
-            "temporary server of this command's own") from None
+            "temporary server of this command's own")
 
 
 def _watched(launch: Callable[[], subprocess.Popen]) -> Callable[[], subprocess.Popen]:

@@ -48,6 +48,16 @@ class TrackingUnavailable(TlpipeError):
     """The MLflow tracking server does not answer."""
 
 
+def unhealthy(server: str, timeout_s: float = 10) -> str | None:
+    """Why ``server``'s ``/health`` does not answer within ``timeout_s``, or None if it does:
+    a check that fails in seconds where a client's own retries take minutes."""
+    try:
+        urllib.request.urlopen(f"{server.rstrip('/')}/health", timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        return str(error)
+    return None
+
+
 # A database store's port when its URI names none.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
@@ -67,15 +77,12 @@ def _check_reachable(uri: str, timeout_s: float = 10) -> None:
                 f"within {timeout_s:g} s ({error}): start it, or unset MLFLOW_TRACKING_URI to "
                 "use the project's own store (tracking.tracking_uri in params.yaml)") from None
         return
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-    except (OSError, ValueError) as error:
+    why = unhealthy(uri, timeout_s) if uri.startswith(("http://", "https://")) else None
+    if why:
         raise TrackingUnavailable(
-            f"the MLflow tracking server {uri} does not answer ({error}): start it (`tlpipe "
+            f"the MLflow tracking server {uri} does not answer ({why}): start it (`tlpipe "
             "stack up` for the team stack), or unset MLFLOW_TRACKING_URI to use the "
-            "project's own store (tracking.tracking_uri in params.yaml)") from None
+            "project's own store (tracking.tracking_uri in params.yaml)")
 
 
 def configure(tracking: TrackingConfig, project_dir: Path) -> str:
