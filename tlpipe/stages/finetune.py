@@ -108,29 +108,22 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
                         val_labels, len(classes))
 
     def decisions_for(model: Classifier) -> Decisions:
-        settings = params.evaluation
-        if chosen.get("fitted_on") == "train+val":
-            why = "the head was fitted on the validation images too: none are left to judge"
-            return Decisions(
-                choose_tta(settings.tta, None, len(classes)) if settings.tta != "auto"
-                else TtaChoice("none", f"{why} test-time flips on"),
-                ThresholdChoice(None, f"{why} thresholds on" if settings.thresholds == "auto"
-                                else "evaluation.thresholds is none"))
+        settings, metric = params.evaluation, params.head.selection_metric
+        unseen = chosen.get("fitted_on") != "train+val"
         validation = None
-        if "auto" in (settings.tta, settings.thresholds):
+        if unseen and "auto" in (settings.tta, settings.thresholds):
             val_rows = ImageFolderRows.for_evaluation(data.root, val_paths,
                                                       backbone.preprocessing, val_labels)
             validation = validation_probabilities(
                 model, iterate_batches(val_rows, settings.batch_size,
                                        params.finetune.num_workers),
                 resolve_device(params.device))
-        tta = choose_tta(settings.tta, validation, len(classes), params.head.selection_metric)
-        thresholds = (ThresholdChoice(None, "evaluation.thresholds is none")
-                      if validation is None else
-                      choose_thresholds(settings.thresholds, validation.under(tta.tta).numpy(),
-                                        validation.truth.numpy(),
-                                        params.head.selection_metric, params.seed))
-        return Decisions(tta, thresholds)
+        why = None if unseen else ("the head was fitted on the validation images too: none "
+                                   "are left to judge it on")
+        tta = choose_tta(settings.tta, validation, len(classes), metric, why)
+        return Decisions(tta, choose_thresholds(
+            settings.thresholds, validation and validation.under(tta.tta).numpy(),
+            validation and validation.truth.numpy(), metric, params.seed, why))
 
     skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
             f"the features are {backbone.name}: no backbone weights to fine-tune"

@@ -43,16 +43,19 @@ def score(metric: str, truth: np.ndarray, predicted: np.ndarray, num_classes: in
     return float(f1.mean())
 
 
-def choose_thresholds(setting: str, probabilities: np.ndarray, truth: np.ndarray,
-                      metric: str, seed: int) -> ThresholdChoice:
+def choose_thresholds(setting: str, probabilities: np.ndarray | None,
+                      truth: np.ndarray | None, metric: str, seed: int,
+                      unavailable: str | None = None) -> ThresholdChoice:
     """``setting`` "none": no thresholds. "auto": thresholds that maximise ``metric`` on the
     validation ``probabilities``, kept only if, fitted on one half of validation and applied to
-    the other (both ways), they score higher than the plain model on the same images."""
+    the other (both ways), they score higher than the plain model on the same images; none
+    where there is no validation to choose on (``unavailable`` says why)."""
     if setting == "none":
         return ThresholdChoice(None, "evaluation.thresholds is none")
+    if probabilities is None or truth is None or not len(truth):
+        return ThresholdChoice(None, f"{unavailable or 'no validation images'}: no thresholds "
+                                     "are chosen")
     truth = np.asarray(truth)
-    if not len(truth):
-        return ThresholdChoice(None, "no validation images to choose thresholds on")
     num_classes = probabilities.shape[1]
     counts = np.bincount(truth, minlength=num_classes)
     if counts.min() < 2:

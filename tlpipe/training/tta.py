@@ -72,14 +72,17 @@ def validation_probabilities(model: nn.Module, val_batches: Iterable[tuple[torch
 
 
 def choose_tta(setting: str, validation: ValidationProbabilities | None, num_classes: int,
-               selection_metric: str = "macro_f1") -> TtaChoice:
+               selection_metric: str = "macro_f1", unavailable: str | None = None
+               ) -> TtaChoice:
     """``setting`` "flip" or "none" as given; "auto": "flip" only if it scores a lower
     class-balanced validation loss and no lower ``selection_metric`` than the plain model on
-    ``validation`` (the rule early stopping applies to an epoch), else "none"."""
+    ``validation`` (the rule early stopping applies to an epoch), else "none", also where
+    there is no validation to judge on (``unavailable`` says why)."""
     if setting != "auto":
         return TtaChoice(setting, f"evaluation.tta is {setting}")
     if validation is None or not len(validation.truth):
-        return TtaChoice("none", "no validation images to judge test-time flips on")
+        return TtaChoice("none", f"{unavailable or 'no validation images'}: test-time flips "
+                                 "are not judged")
     truth = validation.truth
     figures = {}
     for name in ("none", "flip"):
