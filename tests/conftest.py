@@ -106,6 +106,15 @@ def cli_env(prefect_home: Path | None = None) -> dict[str, str]:
     return env
 
 
+def harness_env() -> dict[str, str]:
+    """A CLI subprocess that talks to this session's Prefect test server (``prefect_harness``)
+    instead of starting a temporary server of its own: 5 to 12 s of CPU per command.
+    tests/test_processes.py and tests/test_kill_resume.py keep the temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.utils.validation import _validate_metric_name
 
-from tests.conftest import cli_env, free_port, make_project
+from tests.conftest import cli_env, free_port, harness_env, make_project
 from tests.images import write_class_folder
 from tlpipe.config import DataConfig, SplitConfig, ValidationConfig
 from tlpipe.data.manifest import build_manifest
@@ -121,13 +121,11 @@ def _unwritable_dir() -> Path | None:
 @pytest.mark.skipif(_unwritable_dir() is None, reason="no unwritable folder to point at here "
                                                       "(tests run as root outside a container)")
 def test_an_unwritable_runs_folder_is_a_message_naming_it(tmp_path, small_data, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
     project = make_project(tmp_path / "project", small_data)
     runs = _unwritable_dir() / "runs"
     result = subprocess.run(  # the harness's Prefect server: no temporary one to start
         [sys.executable, "-m", "tlpipe.cli.main", "run", "--set", f"runs_dir={runs}"],
-        cwd=project, env={**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value()},
+        cwd=project, env=harness_env(),
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "tlpipe-probe" in result.stderr and "make it writable" in result.stderr

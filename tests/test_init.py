@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, cli_env, onnx_probabilities
+from tests.conftest import REPO, cli_env, harness_env, onnx_probabilities
 from tests.images import write_shapes
 from tlpipe.ops.project import COPY_LIMIT_BYTES, init_project
 
@@ -28,8 +28,13 @@ COUNTS = {"disc": 60, "square": 30, "stripes": 10}  # "striped tile" is the rare
 QUICK = {"head": {"candidates": ["logistic", "knn"]}, "finetune": {"epochs": 0}}
 
 
+# The session's Prefect server, not one per command: tests/test_processes.py covers the
+# temporary server a lone `tlpipe run` starts.
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
 def tlpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([TLPIPE, *args], cwd=cwd, env=cli_env(cwd / ".prefect"),
+    return subprocess.run([TLPIPE, *args], cwd=cwd, env=harness_env(),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -29,7 +29,14 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import tlpipe
-from tests.conftest import cli_env, copy_slice, free_port, make_project, onnx_probabilities
+from tests.conftest import (
+    cli_env,
+    copy_slice,
+    free_port,
+    harness_env,
+    make_project,
+    onnx_probabilities,
+)
 from tlpipe import tags
 from tlpipe.cli.main import app
 from tlpipe.errors import TlpipeError
@@ -398,14 +405,6 @@ def test_lock_waits_breaks_dead_holders_and_times_out(trained):
             pass
         with registry_lock(name, wait_s=1, expiry_s=60):
             pass
-
-
-def harness_env() -> dict[str, str]:
-    """A CLI subprocess that talks to this session's Prefect test server, instead of
-    starting a temporary server of its own (seconds of CPU each)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 def test_two_concurrent_promotions_leave_one_champion_and_a_consistent_record(trained):
