@@ -155,23 +155,29 @@ def test_the_search_halves_to_one_candidate_that_ends_as_it_would_alone(backbone
     assert _same_weights(alone.model, searched.model)
 
 
-def test_a_killed_search_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
-        backbone, data, tmp_path, monkeypatch):
-    whole = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
-                     tmp_path / "whole.pt", CPU)
+def _search_killed_after(epochs: int, backbone, data, checkpoint, monkeypatch) -> None:
+    """Run the search on ``checkpoint`` and interrupt it when ``epochs`` candidate epochs
+    have been trained, as Ctrl-C would."""
     train_epoch, calls = TuningRun.train_epoch, []
 
-    def killed_in_the_first_round(run, forecast=None):
-        if len(calls) == 3:  # three of the four candidates have trained their first epoch
+    def killed(run, forecast=None):
+        if len(calls) == epochs:
             raise KeyboardInterrupt
         calls.append(run.candidate)
         return train_epoch(run, forecast)
 
-    monkeypatch.setattr(TuningRun, "train_epoch", killed_in_the_first_round)
+    monkeypatch.setattr(TuningRun, "train_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
-        finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
-                 tmp_path / "killed.pt", CPU)
+        finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3, checkpoint, CPU)
     monkeypatch.setattr(TuningRun, "train_epoch", train_epoch)
+
+
+def test_a_killed_search_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
+        backbone, data, tmp_path, monkeypatch):
+    whole = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
+                     tmp_path / "whole.pt", CPU)
+    # Three of the four candidates have trained their first epoch.
+    _search_killed_after(3, backbone, data, tmp_path / "killed.pt", monkeypatch)
     resumed = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
                        tmp_path / "killed.pt", CPU)
     assert resumed.epochs_run == 1 + 2 + 1  # the fourth first epoch, then as before
@@ -217,19 +223,8 @@ def test_an_edited_search_state_is_set_aside_and_every_candidate_is_in_again(
         backbone, data, tmp_path, monkeypatch, capsys):
     whole = finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
                      tmp_path / "whole.pt", CPU)
-    train_epoch, calls = TuningRun.train_epoch, []
-
-    def killed_after_the_first_round(run, forecast=None):
-        if len(calls) == 4:  # every candidate has trained its first epoch, some were cut
-            raise KeyboardInterrupt
-        calls.append(run.candidate)
-        return train_epoch(run, forecast)
-
-    monkeypatch.setattr(TuningRun, "train_epoch", killed_after_the_first_round)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(backbone, _head(backbone), data, SEARCH, AugmentConfig(), 3,
-                 tmp_path / "killed.pt", CPU)
-    monkeypatch.setattr(TuningRun, "train_epoch", train_epoch)
+    # Every candidate has trained its first epoch, and some were cut.
+    _search_killed_after(4, backbone, data, tmp_path / "killed.pt", monkeypatch)
     state_file = tmp_path / "killed-search.json"
     state = json.loads(state_file.read_text())
     assert len(state["alive"]) < 4 and state["sha256"]

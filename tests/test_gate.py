@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from tlpipe.config import PromotionConfig
-from tlpipe.promotion.baseline import scores_of
+from tlpipe.metrics import scores_of
 from tlpipe.promotion.gate import Scores, apply_gate, mcnemar_exact_p
 
 RULE = PromotionConfig(floor=0.8, min_improvement=0.0, max_recall_drop=0.05, significance=0.05)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tlpipe.metrics import compute_metrics, decide
+from tlpipe.metrics import compute_metrics, decide, scores_of
 from tlpipe.serving.inference import prediction_frame
-from tlpipe.training.thresholds import choose_thresholds, score
+from tlpipe.training.thresholds import choose_thresholds
 
 
 def shy_rare_class(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,13 +58,13 @@ def test_no_thresholds_where_the_plain_model_is_already_best():
 
 
 @pytest.mark.parametrize("metric", ["macro_f1", "accuracy"])
-def test_the_fast_score_is_scikit_learns(metric):
+def test_the_score_the_search_uses_is_scikit_learns(metric):
     generator = np.random.default_rng(3)
     truth, predicted = generator.integers(0, 4, 200), generator.integers(0, 3, 200)
     # Class 3 is never predicted: its F1 counts as 0, as with zero_division=0.
     expected = (f1_score(truth, predicted, labels=[0, 1, 2, 3], average="macro",
                          zero_division=0) if metric == "macro_f1" else (truth == predicted).mean())
-    assert score(metric, truth, predicted, 4) == pytest.approx(expected)
+    assert scores_of(truth, predicted, 4, metric)[0] == pytest.approx(expected)
 
 
 def test_predictions_and_metrics_apply_the_thresholds():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlpipe.metrics import scores_of
+
 PERMUTATIONS = 2000
 BATCH_VALUES = 2_000_000  # shuffled labels held at once
 SEED = 0  # fixed: the same split and predictions always give the same decision
@@ -27,27 +29,6 @@ class Baseline:
 
     def beaten_by(self, score: float, significance: float) -> bool:
         return score > self.majority_score and self.chance_p < significance
-
-
-def scores_of(truth: np.ndarray, predicted: np.ndarray, num_classes: int,
-              metric: str) -> np.ndarray:
-    """``metric`` (accuracy or macro-F1 over all ``num_classes``, a class absent from both
-    sides counting 0, as in ``tlpipe.metrics``) of ``predicted`` against each row of
-    ``truth`` (one labelling per row)."""
-    truth = np.atleast_2d(truth)
-    matched = truth == predicted[None, :]
-    if metric == "accuracy":
-        return matched.mean(axis=1)
-    rows = np.broadcast_to(np.arange(len(truth))[:, None], truth.shape)
-    true_positives = np.bincount((rows * num_classes + predicted[None, :])[matched],
-                                 minlength=len(truth) * num_classes
-                                 ).reshape(len(truth), num_classes)
-    support = np.bincount(truth[0], minlength=num_classes)  # the same in every shuffling
-    guessed = np.bincount(predicted, minlength=num_classes)
-    denominator = support + guessed
-    f1 = np.divide(2 * true_positives, denominator, out=np.zeros(true_positives.shape),
-                   where=denominator > 0)
-    return f1.mean(axis=1)
 
 
 def measure_baseline(truth: np.ndarray, predicted: np.ndarray, num_classes: int,

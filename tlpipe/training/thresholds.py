@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from tlpipe.metrics import decide
+from tlpipe.metrics import decide, scores_of
 
 # Multipliers of a class's probability tried by the search: 1/16 to 16, evenly in log scale.
 WEIGHT_GRID = np.geomspace(1 / 16, 16, 33)
@@ -29,18 +29,6 @@ class ThresholdChoice:
 
     def to_dict(self) -> dict:
         return {"thresholds": self.thresholds, "reason": self.reason, "scores": self.scores}
-
-
-def score(metric: str, truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
-    """Accuracy or macro-F1 over all ``num_classes`` (scikit-learn's, with zero_division=0),
-    in NumPy: the search scores thousands of candidates."""
-    if metric == "accuracy":
-        return float((truth == predicted).mean())
-    confusion = np.bincount(truth * num_classes + predicted,
-                            minlength=num_classes * num_classes).reshape(num_classes, -1)
-    both = confusion.sum(axis=0) + confusion.sum(axis=1)
-    f1 = np.divide(2 * np.diag(confusion), both, out=np.zeros(num_classes), where=both > 0)
-    return float(f1.mean())
 
 
 def choose_thresholds(setting: str, probabilities: np.ndarray | None,
@@ -66,8 +54,8 @@ def choose_thresholds(setting: str, probabilities: np.ndarray | None,
     for fit, check in folds.split(probabilities, truth):
         fitted = _fit(probabilities[fit], truth[fit], metric, num_classes)
         crossed[check] = decide(probabilities[check], fitted)
-    plain = score(metric, truth, probabilities.argmax(axis=1), num_classes)
-    checked = score(metric, truth, crossed, num_classes)
+    plain = _score(metric, truth, probabilities.argmax(axis=1), num_classes)
+    checked = _score(metric, truth, crossed, num_classes)
     scores = {"plain": plain, "thresholds_on_unseen_half": checked}
     shown = f"validation {metric}: plain {plain:.4f}, with thresholds fitted on the other half " \
             f"{checked:.4f}"
@@ -77,12 +65,16 @@ def choose_thresholds(setting: str, probabilities: np.ndarray | None,
                            f"thresholds help ({shown})", scores)
 
 
+def _score(metric: str, truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    return float(scores_of(truth, predicted, num_classes, metric)[0])
+
+
 def _fit(probabilities: np.ndarray, truth: np.ndarray, metric: str, num_classes: int
          ) -> list[float]:
     """Coordinate ascent on each class's probability multiplier; on ties the multiplier
     nearest 1 (the plain model) wins."""
     weights = np.ones(num_classes)
-    best = score(metric, truth, probabilities.argmax(axis=1), num_classes)
+    best = _score(metric, truth, probabilities.argmax(axis=1), num_classes)
     by_closeness = WEIGHT_GRID[np.argsort(np.abs(np.log(WEIGHT_GRID)), kind="stable")]
     for _ in range(SEARCH_ROUNDS):
         improved = False
@@ -90,7 +82,7 @@ def _fit(probabilities: np.ndarray, truth: np.ndarray, metric: str, num_classes:
             for candidate in by_closeness:
                 trial = weights.copy()
                 trial[index] = candidate
-                value = score(metric, truth, (probabilities * trial).argmax(axis=1),
+                value = _score(metric, truth, (probabilities * trial).argmax(axis=1),
                               num_classes)
                 if value > best:
                     best, weights, improved = value, trial, True

@@ -142,19 +142,26 @@ class TextEncoder(nn.Module):
     def encode(self, texts: list[str], batch_size: int = 64,
                device: torch.device | None = None) -> np.ndarray:
         """Sentence vectors of ``texts``, in order (float32, one row per text)."""
+        return self.encode_counting(texts, batch_size, device)[0]
+
+    def encode_counting(self, texts: list[str], batch_size: int = 64,
+                        device: torch.device | None = None) -> tuple[np.ndarray, int]:
+        """``encode``, and how many of the texts were cut at ``max_tokens``."""
         device = device or torch.device("cpu")
         self.to(device)
         # Texts of similar length share a batch, so little of it is padding (as
         # sentence-transformers does); the rows go back to the given order at the end.
         order = np.argsort([-len(str(text)) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self.dimension), np.float32)
+        truncated = 0
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 rows = order[start:start + batch_size]
                 tokens = self.tokenize([texts[i] for i in rows])
+                truncated += tokens.truncated
                 vectors[rows] = self(tokens.ids.to(device), tokens.attention_mask.to(device)
                                      ).float().cpu().numpy()
-        return vectors
+        return vectors, truncated
 
 
 @dataclass(frozen=True)
@@ -187,8 +194,9 @@ def text_vectors(encoder: TextEncoder, texts: list[str], store: FeatureStore,
     with store.writer() as writer:
         for start in range(0, len(todo), store.chunk_vectors):
             part = todo[start:start + store.chunk_vectors]
-            truncated += encoder.tokenize(part).truncated
-            writer.add(missing[start:start + len(part)], encoder.encode(part, batch_size, device))
+            vectors, cut = encoder.encode_counting(part, batch_size, device)
+            writer.add(missing[start:start + len(part)], vectors)
+            truncated += cut
     return TextVectors(store.read(keys), len(missing),
                        sum(key in stored for key in keys), truncated)
 
