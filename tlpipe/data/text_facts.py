@@ -21,10 +21,15 @@ from pathlib import Path
 from tlpipe.errors import TlpipeError
 
 TEXT_SUFFIXES = frozenset({".txt"})
+# A table of texts is read whole; beyond this it should be a folder, or split.
+MAX_TABLE_BYTES = 2 * 1024**3
 TABLE_SUFFIXES = frozenset({".csv", ".jsonl"})
 # Control characters other than tab, newline and carriage return: binary data decodes as
-# "UTF-8" often enough (all ASCII bytes are valid) that decoding alone does not catch it.
+# "UTF-8" often enough (all ASCII bytes are valid) that decoding alone does not catch it. Real
+# texts hold a few (quotes-topics underlines with backspaces), which the tokenizer drops;
+# a NUL, or more than this share of them, is binary data.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_CONTROL_SHARE = 0.1
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
@@ -53,7 +58,7 @@ def inspect_text(data: bytes, max_bytes: int) -> TextInfo:
                         f"({_likely_encoding(data)}); convert it to UTF-8 (iconv -f ... -t "
                         "utf-8)")
     control = _CONTROL.search(text)
-    if control:
+    if control and ("\x00" in text or len(_CONTROL.findall(text)) > MAX_CONTROL_SHARE * len(text)):
         return TextInfo(len(text), None, None, False,
                         f"binary data, not text: control character "
                         f"U+{ord(control.group()):04X} at character {control.start()}")
@@ -89,10 +94,11 @@ class TableRow:
     label: str
 
 
-def read_text_table(path: Path, text_column: str, label_column: str,
+def read_text_table(path: Path, text_column: str, label_column: str | None,
                     max_bytes: int) -> list[TableRow]:
     """The rows of a CSV (with a header) or JSON Lines file; fails naming the file, the line
-    and the column for a missing column, an empty label or a row that does not parse."""
+    and the column for a missing column, an empty label or a row that does not parse.
+    ``label_column`` None: texts to classify, with no labels (their ``label`` is "")."""
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
@@ -106,13 +112,13 @@ def read_text_table(path: Path, text_column: str, label_column: str,
                else _jsonl_records(path, content))
     rows = []
     for line, record in records:
-        for column in (text_column, label_column):
+        for column in (text_column, label_column or text_column):
             if column not in record:
                 raise TextTableError(
                     f"{path}, line {line}: no column {column!r} (it has {sorted(record)[:10]});"
                     " name the columns with data.text_column and data.label_column")
-        text, label = record[text_column], record[label_column]
-        if label is None or not str(label).strip():
+        text, label = record[text_column], record[label_column] if label_column else ""
+        if label_column and (label is None or not str(label).strip()):
             raise TextTableError(f"{path}, line {line}: the {label_column!r} column is empty;"
                                  " every text needs its class")
         rows.append(TableRow(line, "" if text is None else str(text), str(label).strip()))

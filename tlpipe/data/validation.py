@@ -18,8 +18,8 @@ from typing import get_args
 
 import pandas as pd
 
-from tlpipe.config import Params, RuleName, ValidationConfig
-from tlpipe.data.manifest import SPLITS, build_manifest
+from tlpipe.config import RuleName, TextConfig, ValidationConfig
+from tlpipe.data.layout import SPLITS, modality
 from tlpipe.errors import TlpipeError
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -52,6 +52,10 @@ _FIX = {
                   "trust them",
     "inside_root": "copy the linked files into the data folder instead of linking to them",
     "duplicates": "keep one copy, in the right class folder",
+    "near_duplicates": "keep one of the texts that differ only in case, accents, punctuation "
+                       "or spacing, in the right class",
+    "text_length": "fix or remove these texts, or change `text.min_words` / `text.max_words` "
+                   "in params.yaml",
     "class_count": "give the data folder at least two class folders",
     "min_images_per_class": "add images to these classes, or lower "
                             "`validation.min_images_per_class` in params.yaml",
@@ -175,12 +179,21 @@ class ValidationFailed(TlpipeError):
 
 def _file_frame(manifest: pd.DataFrame) -> pd.DataFrame:
     frame = manifest.copy()
-    frame["min_side"] = frame[["width", "height"]].min(axis=1)
-    frame["pixels"] = frame["width"] * frame["height"]
-    by_hash = frame.groupby("sha256")
-    frame["duplicate_conflict"] = (by_hash["label"].transform("nunique") > 1) | (
-        by_hash["split"].transform("nunique") > 1)
+    if modality(manifest) == "image":
+        frame["min_side"] = frame[["width", "height"]].min(axis=1)
+        frame["pixels"] = frame["width"] * frame["height"]
+    frame["duplicate_conflict"] = _conflicting(frame, "sha256")
+    if modality(manifest) == "text":
+        frame["near_duplicate_conflict"] = _conflicting(frame, "normalised_sha256")
     return frame
+
+
+def _conflicting(frame: pd.DataFrame, key: str) -> pd.Series:
+    """Rows whose ``key`` recurs under another label or in another split."""
+    groups = frame.groupby(key, dropna=True)
+    conflict = (groups["label"].transform("nunique") > 1) | (
+        groups["split"].transform("nunique") > 1)
+    return conflict.reindex(frame.index, fill_value=False).astype(bool)
 
 
 def _class_frame(kept: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -196,6 +209,25 @@ def _class_frame(kept: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
         "splits": [", ".join(f"{split} {row[split]}" for split in SPLITS)
                    for _, row in per_split.iterrows()],
     })
+
+
+def _text_rules(text: TextConfig) -> list[tuple[str, str, object]]:
+    import great_expectations.expectations as gxe
+
+    return [
+        ("decodable", "every file is a UTF-8 text with words in it",
+         gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True])),
+        ("text_length", f"every text has {text.min_words} to {text.max_words} words",
+         gxe.ExpectColumnValuesToBeBetween(column="words", min_value=text.min_words,
+                                           max_value=text.max_words)),
+        ("inside_root", "no symlink leads outside the data folder",
+         gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True])),
+        ("duplicates", "the same text never appears in two classes or two splits",
+         gxe.ExpectColumnValuesToBeInSet(column="duplicate_conflict", value_set=[False])),
+        ("near_duplicates", "texts equal but for case, accents, punctuation or spacing never "
+         "appear in two classes or two splits",
+         gxe.ExpectColumnValuesToBeInSet(column="near_duplicate_conflict", value_set=[False])),
+    ]
 
 
 def _file_rules(config: ValidationConfig) -> list[tuple[str, str, object]]:
@@ -272,17 +304,22 @@ _FILE_DETAIL = {
     "inside_root": lambda row: "symlink to a file outside the data folder",
     "duplicates": lambda row: f"same content (sha256 {row['sha256'][:12]}) as a file "
                               "in another class or split",
+    "text_length": lambda row: f"{row['words']} words",
+    "near_duplicates": lambda row: "the same text, but for case, accents, punctuation or "
+                                   "spacing, as one in another class or split",
 }
 
 
 def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
-                      expected_classes: list[str] | None = None
-                      ) -> tuple[ValidationReport, pd.DataFrame]:
+                      expected_classes: list[str] | None = None,
+                      text: TextConfig | None = None) -> tuple[ValidationReport, pd.DataFrame]:
     """Run the gate; return the report and the manifest rows kept for training."""
     files = _file_frame(manifest)
     outcomes: list[RuleOutcome] = []
     excluded: set[str] = set()
-    rules = _file_rules(config)
+    texts = modality(manifest) == "text"
+    unit = "texts" if texts else "images"
+    rules = _text_rules(text or TextConfig()) if texts else _file_rules(config)
     by_path = files.set_index("path")
     for (rule, description, _), (success, result) in zip(
             rules, _run_suite("files", rules, files, "path"), strict=True):
@@ -302,7 +339,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     for (rule, description, _), (success, result) in zip(
             class_rules, _run_suite("classes", class_rules, class_table, "label"), strict=True):
         labels = [entry["label"] for entry in result.get("unexpected_index_list") or []]
-        offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} images"
+        offenders = [{"label": label, "detail": f"{by_label.loc[label, 'count']} {unit}"
                       + (f" ({by_label.loc[label, 'splits']})"
                          if rule == "split_coverage" else "")
                       + (f"; the largest class has {by_label.loc[label, 'imbalance']:.1f}x as "
@@ -339,8 +376,4 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     return report, kept
 
 
-def check_folder(root: Path, params: Params) -> tuple[ValidationReport, pd.DataFrame]:
-    """The gate on a data folder as it is now, in memory: scan it, then validate the scan.
-    Returns the report and the rows kept; nothing is written."""
-    manifest = build_manifest(root, params.data, params.split, params.validation.max_pixels)
-    return validate_manifest(manifest, params.validation, params.data.expected_classes)
+#END

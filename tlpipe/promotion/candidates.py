@@ -17,6 +17,7 @@ class HeldOutSplit:
     paths: list[str]
     labels: list[str]
     fingerprint: str
+    texts: list[str] | None = None  # a text model's inputs (the paths then only name them)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlpipe.config import Params, RegistryConfig
+from tlpipe.data.layout import modality
 from tlpipe.data.manifest import manifest_fingerprint
-from tlpipe.data.validation import ValidationFailed, check_folder
+from tlpipe.data.scan import check_folder
+from tlpipe.data.validation import ValidationFailed
 from tlpipe.errors import TlpipeError
 from tlpipe.paths import data_root
 from tlpipe.promotion.candidates import Candidates, HeldOutSplit, ScoredCandidates
@@ -34,7 +36,8 @@ def current_test_split(params: Params, project_dir: Path) -> HeldOutSplit:
     if test.empty:
         raise PromotionError(f"{root}: the current data has no test images to compare on")
     return HeldOutSplit(root, test["path"].tolist(), test["label"].tolist(),
-                     manifest_fingerprint(test))
+                        manifest_fingerprint(test),
+                        test["text"].tolist() if modality(kept) == "text" else None)
 
 
 def find_candidates(registry: RegistryConfig, version: str | None = None) -> Candidates:
@@ -58,14 +61,15 @@ def score_version(name: str, version: str, split: HeldOutSplit, params: Params
                   ) -> tuple[Scores | None, list[str]]:
     """Scores on ``split``, or None when the version knows other classes than the data."""
     from tlpipe.devices import resolve_device
-    from tlpipe.serving.inference import Scorer, predict_probabilities  # torch: on use only
+    from tlpipe.serving.inference import probabilities_of  # torch: on use only
 
     model, spec = load_version(name, version)
     if set(split.labels) - set(spec.classes):
         return None, spec.classes
-    scorer = Scorer(model, spec, params.features, resolve_device(params.device))
-    probabilities = predict_probabilities(scorer, split.root, split.paths,
-                                          params.evaluation.batch_size)
+    if (split.texts is not None) != (spec.modality == "text"):
+        return None, spec.classes  # an image model and texts (or the reverse): not comparable
+    probabilities = probabilities_of(model, spec, split.root, split.paths, split.texts, params,
+                                     resolve_device(params.device))
     y_true = np.array([spec.classes.index(label) for label in split.labels])
     return Scores.from_probabilities(version, y_true, probabilities, spec.classes,
                                      params.evaluation.calibration_bins,

@@ -21,7 +21,7 @@ from tlpipe import tags
 from tlpipe.registry.integrity import record_digests
 from tlpipe.serving import pyfunc
 from tlpipe.serving.pyfunc import IMAGE_COLUMN
-from tlpipe.training.model import load_classifier
+from tlpipe.training.model import ModelSpec, load_classifier
 from tlpipe.vectors.images import load_rgb
 
 _ENTRY = Path(pyfunc.__file__).with_name("pyfunc_entry.py")
@@ -33,23 +33,28 @@ _REQUIREMENTS = ["torch", "torchvision", "timm", "safetensors", "pillow", "panda
 _MAX_DESCRIPTION = 5000
 
 
-def signature_for(classes: list[str]) -> ModelSignature:
+def signature_for(classes: list[str], modality: str = "image") -> ModelSignature:
     outputs = [ColSpec("string", "label"), ColSpec("double", "probability")]
     outputs += [ColSpec("double", f"prob_{name}") for name in classes]
-    return ModelSignature(inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
-                          outputs=Schema(outputs))
+    # A text model's input is unnamed: MLflow then takes a list of strings, one string, or a
+    # DataFrame whose text column is named anything ("text" by convention).
+    inputs = ColSpec("string") if modality == "text" else ColSpec(AnyType(), IMAGE_COLUMN)
+    return ModelSignature(inputs=Schema([inputs]), outputs=Schema(outputs))
 
 
-def example_input(image_path: Path, side: int = 48) -> pd.DataFrame:
-    """One small JPEG: enough to document the input without bloating the model's folder."""
-    image = load_rgb(image_path)
+def example_input(example: Path | str, side: int = 48) -> pd.DataFrame | list[str]:
+    """One small JPEG (``example`` an image's path), or one text (``example`` a str): enough
+    to document the input without bloating the model's folder."""
+    if isinstance(example, str):
+        return [example[:500]]
+    image = load_rgb(example)
     image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return pd.DataFrame({IMAGE_COLUMN: [buffer.getvalue()]})
 
 
-def log_and_register(model_dir: Path, model_name: str, alias: str, example_image: Path,
+def log_and_register(model_dir: Path, model_name: str, alias: str, example: Path | str,
                      version_tags: dict[str, str], *, run_id: str | None = None,
                      description: str = "", model_description: str = "") -> ModelVersion:
     """Log the pyfunc in the active run, register a new version and point ``alias`` at it.
@@ -71,7 +76,7 @@ def log_and_register(model_dir: Path, model_name: str, alias: str, example_image
         if tags.ARTIFACTS_SHA256 not in existing[0].tags:  # the retried run failed before it
             record_digests(client, model_name, version, run_id)
     else:
-        version = _log_new_version(model_dir, model_name, spec.classes, example_image, run_id,
+        version = _log_new_version(model_dir, model_name, spec, example, run_id,
                                    version_tags, description[:_MAX_DESCRIPTION])
     if description:
         client.update_model_version(model_name, version,
@@ -93,16 +98,16 @@ def _describe_model(client: MlflowClient, name: str, description: str) -> None:
             client.update_registered_model(name, description=description)
 
 
-def _log_new_version(model_dir: Path, model_name: str, classes: list[str],
-                     example_image: Path, run_id: str, version_tags: dict[str, str],
+def _log_new_version(model_dir: Path, model_name: str, spec: ModelSpec,
+                     example: Path | str, run_id: str, version_tags: dict[str, str],
                      description: str) -> str:
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_ENTRY),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(tlpipe.__file__).parent)],
-        signature=signature_for(classes),
-        input_example=example_input(example_image),
+        signature=signature_for(spec.classes, spec.modality),
+        input_example=example_input(example),
         pip_requirements=_REQUIREMENTS,
         # The keys a loader may set (`tlpipe predict` passes the project's settings); MLflow
         # ignores, with a warning, any key the logged model does not declare. No device: a

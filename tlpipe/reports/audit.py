@@ -24,7 +24,7 @@ from sklearn.decomposition import PCA
 from tlpipe.audit.findings import VERDICT_SETTING, AuditResult
 from tlpipe.audit.neighbours import unit_rows
 from tlpipe.fsio import write_atomic, write_text
-from tlpipe.reports.thumbnails import BASE_CSS, thumbnail_img
+from tlpipe.reports.thumbnails import BASE_CSS, Source, picture_html
 
 MAP_POINTS = 5000  # a random sample beyond this, flagged images always in it
 MARKERS = {"train": "o", "val": "s", "test": "^"}
@@ -87,11 +87,11 @@ def plot_map(result: AuditResult, vectors: np.ndarray, target: Path, seed: int) 
     return target
 
 
-def _thumbnail(root: Path, path: str) -> str:
+def _thumbnail(root: Source, path: str) -> str:
     if not path:
         return '<div class="missing">no neighbour</div>'
     try:
-        return thumbnail_img(root / path, path)
+        return picture_html(root, path)
     except Exception as error:  # changed or gone since the audit: the page is still written
         return f'<div class="missing">cannot show {html.escape(path)}: {error}</div>'
 
@@ -114,7 +114,7 @@ def _card(row, pictures: tuple[str, str]) -> str:
             f'<br><span class="{row.verdict}">{action}</span></figcaption></figure>')
 
 
-def render_html(result: AuditResult, root: Path, map_png: Path, max_images: int) -> str:
+def render_html(result: AuditResult, root: Source, map_png: Path, max_images: int) -> str:
     summary = result.summary()
     rows = "".join(f"<tr><td>{TITLES[kind]}</td><td>{summary[kind + 's']}</td>"
                    f"<td><code>audit.{setting}: {result.verdicts[kind]}</code></td></tr>"
@@ -150,6 +150,6 @@ def render_html(result: AuditResult, root: Path, map_png: Path, max_images: int)
 """
 
 
-def write_html_report(result: AuditResult, root: Path, map_png: Path, target: Path,
+def write_html_report(result: AuditResult, root: Source, map_png: Path, target: Path,
                       max_images: int) -> Path:
     return write_text(target, render_html(result, root, map_png, max_images))

@@ -79,3 +79,36 @@ def save_augmentation_preview(root: Path, paths: list[str], preprocessing: Prepr
                            [preview_row_label(path) for path in paths],
                            tuple(tiles[0].shape[-2:]), padding)
     return write_atomic(target, lambda tmp: labelled.save(tmp, format="PNG"))
+
+
+def save_text_augmentation_preview(rows: list[tuple[str, str, str]], token_dropout: float,
+                                   seed: int, target: Path, views: int) -> Path:
+    """The text path's preview: for each (path, sha256, text), the text and ``views`` of its
+    augmented views, one block each, wrapped, as a PNG like the image grid."""
+    import textwrap
+
+    from tlpipe.vectors.text_augment import augmented_text
+
+    font = ImageFont.load_default(size=13)
+    width, line_height, chars = 1100, 17, 140
+    blocks: list[tuple[str, list[str]]] = []
+    for path, sha256, text in rows:
+        for title, view_text in zip(preview_titles(views), [text, *(
+                augmented_text(text, sha256, view, seed, token_dropout)
+                for view in range(1, views + 1))], strict=True):
+            lines = textwrap.wrap(" ".join(view_text.split()), chars)[:4] or [""]
+            label = preview_row_label(path).replace("\n", " / ")
+            blocks.append((f"{label}: {title}" if title == "original"
+                           else f"    {title}", lines))
+    height = 10 + sum((len(lines) + 1) * line_height + 4 for _, lines in blocks)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 5
+    for title, lines in blocks:
+        draw.text((8, y), title, fill=(30, 30, 140), font=font)
+        y += line_height
+        for line in lines:
+            draw.text((24, y), line, fill="black", font=font)
+            y += line_height
+        y += 4
+    return write_atomic(target, lambda path: canvas.save(path, format="PNG"))

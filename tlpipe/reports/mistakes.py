@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from tlpipe.fsio import write_text
-from tlpipe.reports.thumbnails import BASE_CSS, thumbnail_img
+from tlpipe.reports.thumbnails import BASE_CSS, Source, picture_html
 
 TOP_PROBABILITIES = 3
 
@@ -27,7 +27,7 @@ def mistakes_of(predictions: list[dict]) -> list[dict]:
     return sorted(wrong, key=lambda row: -row["probability"])
 
 
-def render_mistakes(predictions: list[dict], classes: list[str], root: Path,
+def render_mistakes(predictions: list[dict], classes: list[str], root: Source,
                     max_images: int) -> str:
     wrong = mistakes_of(predictions)
     pairs = Counter((row["actual"], row["predicted"]) for row in wrong)
@@ -47,9 +47,9 @@ def render_mistakes(predictions: list[dict], classes: list[str], root: Path,
             f"</h1>{body}</body></html>")
 
 
-def _card(row: dict, classes: list[str], root: Path) -> str:
+def _card(row: dict, classes: list[str], root: Source) -> str:
     try:
-        picture = thumbnail_img(root / row["path"], row["path"])
+        picture = picture_html(root, row["path"])
     except (OSError, ValueError) as error:  # gone or changed since it was scored
         picture = f"<p class='missing'>cannot show: {html.escape(str(error))}</p>"
     ranked = sorted(classes, key=lambda name: -row[f"prob_{name}"])[:TOP_PROBABILITIES]
@@ -60,6 +60,6 @@ def _card(row: dict, classes: list[str], root: Path) -> str:
             f"{html.escape(row['predicted'])}</span><br>{probabilities}</figcaption></figure>")
 
 
-def write_mistakes_page(predictions: list[dict], classes: list[str], root: Path, target: Path,
+def write_mistakes_page(predictions: list[dict], classes: list[str], root: Source, target: Path,
                         max_images: int) -> Path:
     return write_text(target, render_mistakes(predictions, classes, root, max_images))

@@ -16,7 +16,7 @@ from tlpipe.data.validation import (
     offender_name,
 )
 from tlpipe.fsio import write_text
-from tlpipe.reports.thumbnails import thumbnail_img
+from tlpipe.reports.thumbnails import Source, picture_html
 
 MAX_THUMBNAILS = 500  # keeps the page a few MB whatever the number of offenders
 # Never decoded for the page: broken, a decompression bomb, or a file outside the data folder.
@@ -54,11 +54,11 @@ def _offendingfiles_phrase(report: ValidationReport) -> dict[str, list[tuple[Rul
     return files
 
 
-def _picture(root: Path, path: str, broken: list[tuple[RuleOutcome, str]]) -> str:
+def _picture(root: Source, path: str, broken: list[tuple[RuleOutcome, str]]) -> str:
     reason = next((detail for outcome, detail in broken if outcome.rule in _NOT_SHOWN), None)
     if reason is None:
         try:
-            return thumbnail_img(root / path, path)
+            return picture_html(root, path)
         except Exception as error:  # changed or gone since the scan: the page still gets written
             reason = f"cannot show it now: {error}"
     return f'<div class="placeholder">{html.escape(reason)}</div>'
@@ -69,7 +69,7 @@ def _rules_list(broken: list[tuple[RuleOutcome, str]]) -> str:
                    f"{html.escape(detail)}</li>" for o, detail in broken)
 
 
-def render_html(report: ValidationReport, root: Path,
+def render_html(report: ValidationReport, root: Source,
                 max_thumbnails: int = MAX_THUMBNAILS) -> str:
     """The report as one self-contained page: inline CSS, thumbnails as data: URIs."""
     checks = []
@@ -112,7 +112,7 @@ def render_html(report: ValidationReport, root: Path,
 """
 
 
-def write_html_report(report: ValidationReport, path: Path, root: Path,
+def write_html_report(report: ValidationReport, path: Path, root: Source,
                       max_thumbnails: int = MAX_THUMBNAILS) -> Path:
     """Write ``render_html`` to ``path``; ``root`` is the data folder the report's paths are
     relative to (the thumbnails are read from it)."""

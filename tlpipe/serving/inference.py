@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tlpipe.config import FeaturesConfig
+from tlpipe.config import FeaturesConfig, Params
 from tlpipe.metrics import decide
 from tlpipe.training.model import Classifier, ModelSpec
 from tlpipe.training.tta import probabilities_with
@@ -50,6 +50,19 @@ class Scorer:
             return torch.softmax(self.head(features), dim=1)
 
 
+class TextScorer:
+    """Texts to class probabilities: the encoder on the device, the head on the CPU."""
+
+    def __init__(self, model: Classifier, device: torch.device, batch_size: int = 64):
+        self.encoder, self.head = model.backbone.eval(), model.head.eval()
+        self.device, self.batch_size = device, batch_size
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        vectors = self.encoder.encode(list(texts), self.batch_size, self.device)
+        with torch.inference_mode():
+            return torch.softmax(self.head(torch.from_numpy(vectors)), dim=1).numpy()
+
+
 def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_size: int
                           ) -> np.ndarray:
     """Class probabilities of the images at ``paths`` under ``root``, in order."""
@@ -57,6 +70,17 @@ def predict_probabilities(scorer: Scorer, root: Path, paths: list[str], batch_si
     batches = iterate_batches(dataset, batch_size, workers=1, pin_memory=scorer.engine.pin_memory)
     return np.concatenate([scorer(images) for images, _ in tqdm(
         batches, desc="evaluate", unit="batch", total=-(-len(paths) // batch_size))])
+
+
+def probabilities_of(model: Classifier, spec: ModelSpec, root: Path, paths: list[str],
+                     texts: list[str] | None, params: Params, device: torch.device
+                     ) -> np.ndarray:
+    """A model's class probabilities on held-out data: the images at ``paths`` under ``root``,
+    or, for a text model, ``texts``. Evaluation and the promotion gate both score here."""
+    if spec.modality == "text":
+        return TextScorer(model, device, params.text.batch_size)(texts)
+    return predict_probabilities(Scorer(model, spec, params.features, device), root, paths,
+                                 params.evaluation.batch_size)
 
 
 def prediction_frame(probabilities: np.ndarray, classes: list[str],

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tlpipe.serving.inference import prediction_frame
 
 IMAGE_COLUMN = "image"
+TEXT_COLUMN = "text"  # a text model's input: a column of strings (or a list of strings)
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
 
 
@@ -33,7 +34,8 @@ class BadInput(MlflowException, ValueError):
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """Input: a DataFrame with an ``image`` column. Each value is encoded image bytes (JPEG,
+    """Input: a DataFrame with an ``image`` column (a text model: a ``text`` column of strings,
+    or a list of strings). Each value is encoded image bytes (JPEG,
     PNG, ...; base64 text in JSON requests) or a uint8 array HxW[xC] (nested lists in JSON).
 
     Output: ``label``, ``probability`` (of that label) and ``prob_<class>`` for every class.
@@ -46,24 +48,29 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from tlpipe.config import FeaturesConfig
         from tlpipe.devices import resolve_device
-        from tlpipe.serving.inference import Scorer
+        from tlpipe.serving.inference import Scorer, TextScorer
         from tlpipe.training.model import load_classifier
         from tlpipe.vectors.preprocess import eval_decode_side, eval_transform
 
         model, self.spec = load_classifier(Path(context.artifacts["model_dir"]))
-        self.transform = eval_transform(self.spec.preprocessing_config)
-        self.decode_side = eval_decode_side(self.spec.preprocessing_config)
         # `tlpipe predict` passes the project's settings as the model_config; a server
         # takes its device from TLPIPE_DEVICE (default: a GPU when there is one).
         settings = context.model_config or {}
-        device = settings.get("device") or os.environ.get(DEVICE_VARIABLE, "auto")
-        self.scorer = Scorer(model, self.spec,
-                             FeaturesConfig(**settings.get("features") or {}),
-                             resolve_device(device, "device" if settings.get("device")
-                                            else DEVICE_VARIABLE))
+        device = resolve_device(settings.get("device") or os.environ.get(DEVICE_VARIABLE, "auto"),
+                                "device" if settings.get("device") else DEVICE_VARIABLE)
+        if self.spec.modality == "text":
+            self.scorer = TextScorer(model, device)
+            return
+        self.transform = eval_transform(self.spec.preprocessing_config)
+        self.decode_side = eval_decode_side(self.spec.preprocessing_config)
+        self.scorer = Scorer(model, self.spec, FeaturesConfig(**settings.get("features") or {}),
+                             device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
+        if self.spec.modality == "text":
+            return prediction_frame(self.scorer(as_texts(model_input)), self.spec.classes,
+                                    self.spec.thresholds)
         try:
             images = [as_image(value, row, self.decode_side, self.spec.max_pixels)
                       for row, value in enumerate(model_input[IMAGE_COLUMN])]
@@ -71,6 +78,32 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
             raise BadInput(str(error)) from None
         batch = torch.stack([self.transform(image) for image in images])
         return prediction_frame(self.scorer(batch), self.spec.classes, self.spec.thresholds)
+
+
+def takes_text(loaded: mlflow.pyfunc.PyFuncModel) -> bool:
+    """Whether a loaded tlpipe model classifies texts (its input is not the image column)."""
+    return loaded.metadata.get_input_schema().input_names() != [IMAGE_COLUMN]
+
+
+def as_texts(model_input: object) -> list[str]:
+    """A text model's input as a list of strings: a DataFrame's ``text`` column (or its only
+    column), a Series, a list, or one string; anything else is refused, naming the row."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns and len(model_input.columns) != 1:
+            raise BadInput(f"expected a column {TEXT_COLUMN!r} of strings, got columns "
+                           f"{list(model_input.columns)[:10]}")
+        values = (model_input[TEXT_COLUMN] if TEXT_COLUMN in model_input.columns
+                  else model_input.iloc[:, 0]).tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    else:
+        values = list(np.ravel(model_input)) if isinstance(model_input, np.ndarray) else \
+            list(model_input)
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise BadInput(f"column {TEXT_COLUMN!r}, row {row}: expected a string, got "
+                           f"{type(value).__name__}")
+    return values
 
 
 def as_image(value: object, row: int = 0, min_side: int | None = None,

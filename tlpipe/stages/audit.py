@@ -15,6 +15,8 @@ import pandas as pd
 
 from tlpipe.audit.findings import AuditFailed, audit_embeddings, describe
 from tlpipe.config import Params
+from tlpipe.data.layout import shown_from
+from tlpipe.data.manifest import load_manifest
 from tlpipe.fsio import write_atomic, write_json
 from tlpipe.ops.tracking import RunContext, flat_params, log_to_run_and_parent, stage_run
 from tlpipe.paths import data_root, feature_store, outputs_for
@@ -37,8 +39,8 @@ def compute(params: Params, project: Path) -> dict:
     write_json(out.audit_summary, summary)
     write_json(out.audit_findings, result.findings.to_dict(orient="records"))
     plot_map(result, vectors, out.audit_map, params.seed)
-    write_html_report(result, data_root(params, project), out.audit_map, out.audit_report,
-                      params.audit.report_images)
+    shown = shown_from(load_manifest(out.validated), data_root(params, project))
+    write_html_report(result, shown, out.audit_map, out.audit_report, params.audit.report_images)
     if len(result.failures):  # no stale list of what training may use survives a failure
         out.quarantine.unlink(missing_ok=True)
         out.audited_images.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.layout import modality, shown_from
 from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.fsio import write_json
@@ -27,7 +28,7 @@ from tlpipe.reports.plots import (
     plot_confusion_matrix,
     plot_learning_curves,
 )
-from tlpipe.serving.inference import Scorer, predict_probabilities, prediction_frame
+from tlpipe.serving.inference import prediction_frame, probabilities_of
 from tlpipe.training.model import load_classifier
 
 STAGE = __name__.rpartition(".")[2]
@@ -46,13 +47,15 @@ def prediction_rows(paths: list[str], y_true: np.ndarray, probabilities: np.ndar
 
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
-    test = load_manifest(out.validated).query("split == 'test'")
+    validated = load_manifest(out.validated)
+    test = validated.query("split == 'test'")
     if test.empty:
         raise ValueError("split.test_fraction: the test split is empty; raise it or add images")
     model, spec = load_classifier(out.model_dir)
-    scorer = Scorer(model, spec, params.features, resolve_device(params.device))
-    probabilities = predict_probabilities(scorer, data_root(params, project),
-                                          test["path"].tolist(), params.evaluation.batch_size)
+    probabilities = probabilities_of(
+        model, spec, data_root(params, project), test["path"].tolist(),
+        test["text"].tolist() if modality(validated) == "text" else None, params,
+        resolve_device(params.device))
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins, spec.thresholds)
@@ -71,7 +74,8 @@ def compute(params: Params, project: Path) -> dict:
     predictions = prediction_rows(test["path"].tolist(), y_true, probabilities, spec.classes,
                                   spec.thresholds)
     write_json(out.predictions_json, predictions)
-    write_mistakes_page(predictions, spec.classes, data_root(params, project), out.mistakes_html,
+    write_mistakes_page(predictions, spec.classes,
+                        shown_from(validated, data_root(params, project)), out.mistakes_html,
                         params.evaluation.mistakes_shown)
     return {"metrics": str(out.metrics), "confusion_matrix": str(out.confusion_png),
             "learning_curves": str(out.curves_png), "mistakes": str(out.mistakes_html),

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.layout import modality
 from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.fsio import write_json
@@ -50,6 +51,8 @@ from tlpipe.vectors.features import (
     spec_on,
 )
 from tlpipe.vectors.store import FeatureStore
+from tlpipe.vectors.text_encoder import encoder_for
+from tlpipe.vectors.text_features import fill_text_vectors, plan_text_views
 
 STAGE = __name__.rpartition(".")[2]
 
@@ -74,8 +77,7 @@ class _Planned(NamedTuple):
     choice_computed: int  # views extracted to make the choice
 
 
-def _plan(params: Params, project: Path) -> _Planned:
-    manifest = load_manifest(outputs_for(params, project).validated)
+def _plan(params: Params, project: Path, manifest: pd.DataFrame) -> _Planned:
     store = feature_store(params, project)
     backbone, choice, choice_computed = _choose_preprocessing(params, project, manifest, store)
     plan = plan_views(manifest, params.features.views, feature_spec(params, backbone))
@@ -152,10 +154,42 @@ def _extraction_work(params: Params, project: Path, choice: dict, device_type: s
     return extract
 
 
+def _text_features(params: Params, project: Path, manifest: pd.DataFrame,
+                   shard: int | None = None) -> dict:
+    """The text path: every view of every text encoded once into the store (on this machine:
+    the Ray engine is for images), and the plan written; or, with ``shard``, that shard's
+    part of the store filled."""
+    out = outputs_for(params, project)
+    encoder = encoder_for(params.text, project)
+    store = feature_store(params, project)
+    plan = plan_text_views(manifest, params.features.views, encoder, params.text, params.seed)
+    if shard is not None:
+        plan = shard_of(plan, shard, params.features.shards)
+    stats = fill_text_vectors(plan, encoder, store, params.text, resolve_device(params.device))
+    truncated = stats.truncated
+    compacted = store.compact() if stats.computed else 0
+    choice = {"modality": "text", "backbone": params.text.encoder,
+              "encoder_folder": params.text.encoder_folder and str(params.text.encoder_folder),
+              "max_tokens": encoder.max_tokens, "chosen": {}, "probe_scores": {},
+              "truncated": len(truncated), "truncated_examples": truncated[:10]}
+    if shard is None:
+        save_plan(plan.drop(columns="text"), out.plan)
+        write_json(out.preprocessing, choice)
+    return {"plan": str(out.plan), "preprocessing": choice, "choice_computed": 0,
+            "computed": stats.computed, "cached": stats.cached, "seconds": stats.seconds,
+            "images_per_second": stats.computed / stats.seconds if stats.seconds else 0.0,
+            "nodes": None,
+            "chunks_compacted": compacted, "weights_digest": encoder.digest,
+            "set_aside": list(store.set_aside), **({"shard": shard} if shard is not None else {})}
+
+
 def fill_shard(params: Params, project: Path, index: int) -> dict:
     """Fill the store for part ``index`` of ``features.shards``. Shards can run anywhere that
     shares the store, in any order; ``compute`` then finds every view cached."""
-    plan, backbone, store, _, _ = _plan(params, project)
+    manifest = load_manifest(outputs_for(params, project).validated)
+    if modality(manifest) == "text":
+        return _text_features(params, project, manifest, shard=index)
+    plan, backbone, store, _, _ = _plan(params, project, manifest)
     part = shard_of(plan, index, params.features.shards)
     return {"shard": index, **_fill(params, project, part, backbone, store)}
 
@@ -164,7 +198,10 @@ def compute(params: Params, project: Path) -> dict:
     """Fill the store and write the plan (``features.views: 0``, as an audit alone runs it,
     plans the plain views only)."""
     out = outputs_for(params, project)
-    plan, backbone, store, choice, choice_computed = _plan(params, project)
+    manifest = load_manifest(out.validated)
+    if modality(manifest) == "text":
+        return _text_features(params, project, manifest)
+    plan, backbone, store, choice, choice_computed = _plan(params, project, manifest)
     stats = _fill(params, project, plan, backbone, store)
     save_plan(plan, out.plan)
     write_json(out.preprocessing, choice)
@@ -173,6 +210,8 @@ def compute(params: Params, project: Path) -> dict:
 
 
 def _described(choice: dict) -> str:
+    if choice.get("modality") == "text":
+        return f"text encoder {choice['backbone']}"
     if choice["backbone"] == PIXELS:
         return "the images' own pixels (32x32 grey, no pretrained backbone)"
     return f"{choice['backbone']} with {choice['chosen']['resize']} to its input"
@@ -188,7 +227,7 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         MlflowClient().set_tag(context.parent_run_id, tags.WEIGHTS_DIGEST,
                                result["weights_digest"])
         choice = result["preprocessing"]
-        mlflow.set_tags({"features.eval_resize": choice["chosen"]["resize"],
+        mlflow.set_tags({"features.eval_resize": choice["chosen"].get("resize", "none"),
                          "features.backbone": choice["backbone"]})
         if choice["probe_scores"]:
             mlflow.log_metrics({f"probe_{option}": value
@@ -205,6 +244,11 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
                   "its vectors computed anew")
         if result["set_aside"]:
             mlflow.set_tag("features.chunks_set_aside", len(result["set_aside"]))
+        if choice.get("truncated"):
+            mlflow.log_metric("texts_truncated", choice["truncated"])
+            print(f"features: {choice['truncated']} texts are longer than the encoder's "
+                  f"{choice['max_tokens']} tokens: it reads their start only (first: "
+                  f"{', '.join(choice['truncated_examples'][:3])})")
         print(f"features: {result['computed']} computed, {result['cached']} from the store "
               f"in {result['seconds']:.1f}s"
               + (f" on {len(result['nodes'])} Ray node(s)" if result["nodes"] else ""))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -28,7 +29,8 @@ from tlpipe.devices import resolve_device
 from tlpipe.fsio import file_sha256, sha256_text, write_json
 from tlpipe.ops.tracking import RunContext, flat_params, log_history, stage_run
 from tlpipe.params_file import load_params
-from tlpipe.paths import Outputs, data_root, outputs_for, resolve
+from tlpipe.paths import Outputs, data_root, feature_store, outputs_for, resolve
+from tlpipe.training.cached import Features
 from tlpipe.training.checkpoint import CHECKPOINT_FORMAT
 from tlpipe.training.distributed import DistributedError, Rank, launch
 from tlpipe.training.finetune import FinetuneData, finetune
@@ -36,8 +38,9 @@ from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
 from tlpipe.training.thresholds import ThresholdChoice, choose_thresholds
 from tlpipe.training.tta import TtaChoice, choose_tta, validation_probabilities
-from tlpipe.vectors.backbones import chosen_backbone
+from tlpipe.vectors.backbones import Backbone
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
+from tlpipe.vectors.text_features import chosen_model
 
 STAGE = __name__.rpartition(".")[2]
 EpochCallback = Callable[[int, dict], None]
@@ -90,8 +93,11 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     head = build_head(head_spec)
     head.load_state_dict(load_file(str(out.head_weights)))
     # What the features stage chose: the backbone and its evaluation preprocessing, or pixels.
-    backbone = chosen_backbone(json.loads(out.preprocessing.read_text()), params.backbone,
+    backbone = chosen_model(json.loads(out.preprocessing.read_text()), params.backbone,
                                project)
+    if backbone.preprocessing is None:
+        return _text_head_only(params, project, backbone, head, head_spec, classes,
+                               chosen.get("fitted_on") != "train+val")
     spec = ModelSpec(backbone=backbone.name, num_features=backbone.num_features,
                      classes=classes, head=head_spec.to_dict(),
                      preprocessing=backbone.preprocessing.to_dict(),
@@ -164,6 +170,29 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
             "history": result.history.epochs, "verdict": verdict, "reason": reason,
             "search": result.search, "estimated_seconds": result.estimated_seconds,
             **decisions.to_dict()}
+
+
+def _text_head_only(params: Params, project: Path, encoder: Backbone, head: torch.nn.Module,
+                    head_spec: HeadSpec, classes: list[str], unseen: bool) -> dict:
+    """The text path: the head on the frozen encoder is the model (fine-tuning the encoder's
+    top layers is not built yet), with thresholds chosen on the stored validation vectors."""
+    out = outputs_for(params, project)
+    spec = ModelSpec(backbone=encoder.name, num_features=encoder.num_features, classes=classes,
+                     head=head_spec.to_dict(), preprocessing={}, modality="text")
+    validation = None
+    if unseen and params.evaluation.thresholds == "auto":
+        plan = without_quarantined(pd.read_parquet(out.plan), out.quarantine)
+        val = Features.from_plan(plan, feature_store(params, project), "val", classes)
+        with torch.inference_mode():
+            validation = (torch.softmax(head.eval()(val.x), dim=1).numpy(), val.y.numpy())
+    decisions = Decisions(
+        TtaChoice("none", "texts have no mirror image: no test-time flips"),
+        choose_thresholds(params.evaluation.thresholds, *(validation or (None, None)),
+                          params.head.selection_metric, params.seed,
+                          None if unseen else "the head was fitted on the validation texts too"))
+    return _head_only("fine-tuning a text encoder's layers is not built yet: the head on the "
+                      "frozen encoder is the model", Classifier(encoder.model, head), spec,
+                      decisions, out)
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:

@@ -26,7 +26,7 @@ from tlpipe.training.cached import Features
 from tlpipe.training.head_kinds import head_kind
 from tlpipe.training.heads import HeadSpec, class_order
 from tlpipe.training.ladder import Candidate, fit, score, select
-from tlpipe.vectors.backbones import chosen_backbone
+from tlpipe.vectors.text_features import chosen_model
 
 STAGE = __name__.rpartition(".")[2]
 
@@ -78,7 +78,7 @@ def _refit_on_validation(params: Params, project: Path, chosen: Candidate, spec:
     if protocol == "validation" or head_kind(chosen.kind).early_stopping:
         return False
     choice = json.loads(outputs_for(params, project).preprocessing.read_text())
-    backbone = chosen_backbone(choice, params.backbone, project)
+    backbone = chosen_model(choice, params.backbone, project)
     return not (params.finetune.epochs > 0 and backbone.blocks and spec.fine_tunable)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import mlflow
 
 from tlpipe.config import Params
-from tlpipe.data.manifest import FILES_READ, build_manifest, manifest_fingerprint, save_manifest
+from tlpipe.data.manifest import FILES_READ, manifest_fingerprint, save_manifest
+from tlpipe.data.scan import scan
 from tlpipe.ops.tracking import RunContext, flat_params, stage_run
 from tlpipe.paths import data_root, outputs_for, resolve
 
@@ -16,9 +17,9 @@ STAGE = __name__.rpartition(".")[2]
 
 def compute(params: Params, project: Path) -> dict:
     out = outputs_for(params, project)
-    frame = build_manifest(data_root(params, project), params.data, params.split,
-                           params.validation.max_pixels,
-                           state_dir=resolve(project, params.data.state_dir))
+    frame = scan(data_root(params, project), params.data, params.split,
+                 params.validation.max_pixels, params.text,
+                 state_dir=resolve(project, params.data.state_dir))
     save_manifest(frame, out.manifest)
     return {"manifest": str(out.manifest), "fingerprint": manifest_fingerprint(frame),
             "files": len(frame), "files_read": frame.attrs[FILES_READ],

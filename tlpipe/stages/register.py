@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.layout import modality
 from tlpipe.data.manifest import load_manifest
 from tlpipe.fsio import write_text
 from tlpipe.ops.tracking import RunContext, log_to_run_and_parent, stage_run
@@ -39,7 +40,9 @@ def write_model_card(params: Params, project: Path, facts: dict) -> Path:
         f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for name, v in metrics["per_class"].items())
     # What made the features: the configured backbone, or the images' own pixels.
-    backbone = json.loads(out.preprocessing.read_text()).get("backbone", params.backbone.name)
+    choice = json.loads(out.preprocessing.read_text())
+    backbone = choice.get("backbone", params.backbone.name)
+    inputs = "texts" if choice.get("modality") == "text" else "photos"
     card = f"""# Model card: {params.registry.model_name}
 
 - Features: {backbone} (weights digest {facts.get(tags.WEIGHTS_DIGEST, '?')[:16]})
@@ -60,16 +63,17 @@ expected calibration error {metrics['ece']:.4f}
 {per_class}
 
 ## Intended use and limits
-Classifies photos into the classes above. Inputs outside those classes still get one of
+Classifies {inputs} into the classes above. Inputs outside those classes still get one of
 them; check `probability` before acting on a prediction.
 """
     return write_text(out.model_card, card)
 
 
-def model_summary(classes: list[str]) -> str:
+def model_summary(classes: list[str], texts: bool = False) -> str:
     """The registered model's description: what every version of it is for."""
-    return (f"Classifies photos into one of {len(classes)} classes: {', '.join(classes)}.\n\n"
-            "Trained by tlpipe (transfer learning from a pretrained image backbone), one "
+    kind, source = ("texts", "text encoder") if texts else ("photos", "image backbone")
+    return (f"Classifies {kind} into one of {len(classes)} classes: {', '.join(classes)}.\n\n"
+            f"Trained by tlpipe (transfer learning from a pretrained {source}), one "
             "version per pipeline run. Each version's description is its model card; its tags "
             "record its git commit, data version, params hash and test metrics.\n")
 
@@ -80,16 +84,18 @@ def run(context: RunContext, params: Params, project: Path) -> dict:
         facts = pipeline_facts(context)
         card = write_model_card(params, project, facts)
         log_to_run_and_parent(context, card)
-        test = load_manifest(out.validated).query("split == 'test'")
+        validated = load_manifest(out.validated)
+        test = validated.query("split == 'test'")
         classes = json.loads(out.metrics.read_text())["classes"]
         # The version belongs to the pipeline run, whose page then lists it, and carries its
         # card, so the registry tells what a version is without opening any run.
         version = log_and_register(
             out.model_dir, params.registry.model_name, params.registry.alias,
-            data_root(params, project) / test["path"].iloc[0],
+            (test["text"].iloc[0] if modality(validated) == "text"
+             else data_root(params, project) / test["path"].iloc[0]),
             {**facts, tags.PIPELINE_RUN_ID: context.parent_run_id},
             run_id=context.parent_run_id, description=card.read_text(),
-            model_description=model_summary(classes),
+            model_description=model_summary(classes, modality(validated) == "text"),
         )
         client = MlflowClient()
         record_classes(client, params.registry.model_name, classes)

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
+from tlpipe.data.layout import shown_from
 from tlpipe.data.manifest import load_manifest, manifest_fingerprint, save_manifest
 from tlpipe.data.validation import ValidationFailed, validate_manifest
 from tlpipe.fsio import write_json, write_text
@@ -26,11 +27,12 @@ STAGE = __name__.rpartition(".")[2]
 def compute(params: Params, project: Path) -> dict:
     """Run the gate; write the report and the kept rows. Raises ValidationFailed on failure."""
     out = outputs_for(params, project)
-    report, kept = validate_manifest(load_manifest(out.manifest), params.validation,
-                                     params.data.expected_classes)
+    manifest = load_manifest(out.manifest)
+    report, kept = validate_manifest(manifest, params.validation,
+                                     params.data.expected_classes, params.text)
     write_text(out.report_md, report.to_markdown())
     write_json(out.report_json, report.to_dict())
-    write_html_report(report, out.report_html, data_root(params, project))
+    write_html_report(report, out.report_html, shown_from(manifest, data_root(params, project)))
     if not report.passed:
         out.validated.unlink(missing_ok=True)
         raise ValidationFailed(report, out.report_html)

