@@ -7,7 +7,13 @@ split chooses nothing), in the same run:
   train + validation: the baseline every text classifier has to beat;
 - a logistic probe on all-MiniLM-L6-v2's sentence vectors (the packaged encoder tlpipe's text
   path uses, ``tlpipe/vectors/text_encoder.py``), C as above;
-- both again with 8 and 16 training texts per class (few-shot), scored on the same test split,
+- tlpipe's default: what the pipeline's head stage does with its default settings (the
+  ladder of heads on plain and augmented views, ``params.yaml``'s ``head`` and
+  ``features.views``; chosen on validation, or by CV on train + validation when that is too
+  small, then refitted on both where nothing after it needs validation), the ``finetune``
+  stage's fine-tuning of the encoder's top layers (kept only if it beats the head on
+  validation) and per-class thresholds, here on the same split;
+- all again with 8 and 16 training texts per class (few-shot), scored on the same test split,
   and there also the encoder fine-tuned: its top 2 layers and a head started from the probe,
   layer-wise learning-rate decay 0.8, 15 epochs (no validation to stop on), as tlpipe's text
   fine-tuning would.
@@ -17,7 +23,7 @@ texts, whose topics are often only implied); and a set made here, "reviews": pro
 reviews written from templates, each class (praise, complaint, question) with phrases of its
 own, so the words alone decide: TF-IDF's home ground.
 
-    .venv/bin/python bench/text.py [--datasets quotes,reviews]
+    .venv/bin/python bench/text.py [--datasets quotes,reviews] [--no-fine-tuning]
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ def score(name: str, predicted: list[str], truth: list[str], seconds: float) -> 
             "macro_f1": f1_score(truth, predicted, average="macro"), "seconds": seconds}
 
 
-def run(dataset: str, texts: list[str], labels: list[str], encoder) -> list[dict]:
+def run(dataset: str, texts: list[str], labels: list[str], encoder, fine_tune: bool = True
+        ) -> list[dict]:
     train, val, test = split(labels)
     truth = [labels[i] for i in test]
     started = time.perf_counter()
@@ -119,7 +126,12 @@ def run(dataset: str, texts: list[str], labels: list[str], encoder) -> list[dict
         head.fit(vectors[fit], [labels[i] for i in fit])
         rows.append(score(f"MiniLM probe{suffix}", head.predict(vectors[test]), truth,
                           time.perf_counter() - started + encode_s))
-        if shots is not None:  # fine-tuning where the frozen probe has the least to go on
+        started = time.perf_counter()
+        rows.append(score(f"tlpipe default{suffix}",
+                          tlpipe_default(encoder, texts, labels, fit if shots else train,
+                                         None if shots else val, test),
+                          truth, time.perf_counter() - started))
+        if shots is not None and fine_tune:  # where the frozen probe has the least to go on
             started = time.perf_counter()
             rows.append(score(f"MiniLM fine-tuned (top 2 layers){suffix}",
                               fine_tuned(encoder, texts, labels, fit, test), truth,
@@ -127,6 +139,73 @@ def run(dataset: str, texts: list[str], labels: list[str], encoder) -> list[dict
     for row in rows:
         row.update(dataset=dataset, n_test=len(test), n_texts=len(texts))
     return rows
+
+
+def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarray,
+                   val: np.ndarray | None, test: np.ndarray) -> list[str]:
+    """What ``tlpipe run`` makes with its default settings: the head stage's choice (training
+    texts with ``features.views`` augmented views each, the ladder scored on validation or by
+    CV, refitted on train + validation as ``stages/head.py`` decides), the finetune stage's
+    fine-tuned top layers where they beat it on validation, and per-class thresholds chosen on
+    validation. Few-shot (``val`` None): CV over the training texts alone, as the probes get,
+    and no fine-tuning (nothing to judge it on)."""
+    import hashlib
+
+    import torch
+
+    from tlpipe.config import Params
+    from tlpipe.metrics import decide
+    from tlpipe.serving.inference import TextScorer
+    from tlpipe.training.cached import Features
+    from tlpipe.training.decisions import choose_thresholds
+    from tlpipe.training.head_kinds import head_kind
+    from tlpipe.training.ladder import fit, select
+    from tlpipe.training.model import Classifier
+    from tlpipe.training.text_finetune import finetune_text
+    from tlpipe.vectors.text_augment import augmented_text
+
+    params = Params.model_validate({"registry": {"model_name": "bench"}})
+    classes = sorted(set(labels))
+
+    def features(rows: np.ndarray, views: int) -> Features:
+        items = []
+        for i in rows:
+            digest = hashlib.sha256(texts[i].encode()).hexdigest()
+            items += [(i, view, texts[i] if view == 0 else augmented_text(
+                texts[i], digest, view, params.seed, params.text.token_dropout))
+                for view in range(views + 1)]
+        vectors = encoder.encode([text for _, _, text in items], params.text.batch_size)
+        return Features(torch.from_numpy(vectors),
+                        torch.tensor([classes.index(labels[i]) for i, _, _ in items]),
+                        np.array([i for i, _, _ in items]), np.array([v for _, v, _ in items]))
+
+    train_x = features(train, params.features.views)
+    val_x = features(val, 0) if val is not None else None
+    chosen, leaderboard = select(train_x, val_x, len(classes), params.head, params.seed)
+    head, spec, _ = fit(chosen, train_x, val_x, len(classes), params.head, params.seed)
+    protocol = next(row for row in leaderboard if row.chosen).protocol
+    fine_tunes = params.finetune.epochs > 0 and spec.fine_tunable and val_x is not None
+    refit = val_x is not None and protocol != "validation" and not (
+        head_kind(chosen.kind).early_stopping or fine_tunes)
+    if refit:
+        head, _, _ = fit(chosen, Features.join(train_x, val_x), None, len(classes),
+                         params.head, params.seed)
+    model = Classifier(encoder, head)
+    if fine_tunes:  # the finetune stage: kept only if it beats the head on validation
+        result = finetune_text(encoder, head, *(
+            ([texts[i] for i in rows], [classes.index(labels[i]) for i in rows])
+            for rows in (train, val)), len(classes), params.finetune, params.seed,
+            torch.device("cpu"), params.head.selection_metric)
+        model = Classifier(result.encoder, result.head)
+    scorer = TextScorer(model, torch.device("cpu"), params.text.batch_size)
+    thresholds = None
+    if val_x is not None and not refit:  # validation the head was not fitted on
+        thresholds = choose_thresholds(
+            params.evaluation.thresholds, scorer([texts[i] for i in val]),
+            np.array([classes.index(labels[i]) for i in val]), params.head.selection_metric,
+            params.seed).thresholds
+    answers = decide(scorer([texts[i] for i in test]), thresholds)
+    return [classes[i] for i in answers]
 
 
 def fine_tuned(encoder, texts: list[str], labels: list[str], fit: np.ndarray,
@@ -174,6 +253,8 @@ def fine_tuned(encoder, texts: list[str], labels: list[str], fit: np.ndarray,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="quotes,reviews")
+    parser.add_argument("--no-fine-tuning", action="store_true",
+                        help="skip the fine-tuned rows (minutes on a CPU)")
     args = parser.parse_args()
     makers = {"quotes": quotes, "reviews": reviews}
     encoder = load_text_encoder()
@@ -181,7 +262,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
         texts, labels = makers[dataset]()
-        for row in run(dataset, texts, labels, encoder):
+        for row in run(dataset, texts, labels, encoder, not args.no_fine_tuning):
             print(f"| {row['dataset']} | {row['n_texts']} | {row['n_test']} | {row['model']} | "
                   f"{row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.1f} |",
                   flush=True)

@@ -89,7 +89,8 @@ def test_init_makes_a_committed_project_around_the_data(pets):
                               "expected_classes": sorted(CLASSES.values()),
                               "ignored_names": [".DS_Store", "Thumbs.db", "desktop.ini",
                                                 "__MACOSX"],
-                              "state_dir": ".cache/manifest"}
+                              "state_dir": ".cache/manifest", "modality": "auto",
+                              "text_column": "text", "label_column": "label"}
     assert git("ls-files", cwd=project).split() == [
         ".dvc/.gitignore", ".dvc/config", ".dvcignore", ".gitignore", "README.md",
         "data/raw/.gitignore", "data/raw/my-pets.dvc", "dvc.yaml", "params.yaml",

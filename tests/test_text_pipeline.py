@@ -7,6 +7,7 @@ are messages naming the file, and nothing is registered."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def topics(tmp_path_factory):
 def test_a_text_folder_becomes_a_promoted_champion_named_after_it(topics):
     project, run = topics
     assert "quote-topics v1: PROMOTED" in run.stdout
-    assert "fine-tuning a text encoder's layers is not built yet" in run.stdout
+    # Fine-tuned (the top 2 of its 6 layers, with the head), and kept only if it helps.
+    assert re.search(r"Fine-tuning (not )?kept: top 2 of 6 layers", run.stdout), run.stdout
     champion = store(project).get_model_version_by_alias("quote-topics", "champion")
     assert "Classifies texts into the classes above" in champion.description
     metrics = json.loads(next((project / "runs").glob("*/evaluate/metrics.json")).read_text())
@@ -110,6 +112,33 @@ def test_the_champion_answers_on_strings_alike_through_the_cli_load_and_pyfunc(t
     assert model._pyfunc.predict(texts[0])["label"].tolist() == loaded["label"].tolist()[:1]
     with pytest.raises(Exception, match="row 1: expected a string, got int"):
         model._pyfunc.predict(["fine", 3])
+
+
+def test_the_onnx_export_with_its_tokenizer_answers_as_the_champion(topics, tmp_path):
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    import tlpipe as library
+
+    project, _ = topics
+    target = tmp_path / "topics.onnx"
+    made = tlpipe("export", "models:/quote-topics@champion", "--out", str(target), cwd=project)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "(8 from the data)" in made.stdout
+    metadata = json.loads((tmp_path / "topics.onnx.json").read_text())
+    assert metadata["classes"] == sorted(TOPICS.values())
+    # What a user of the files does: their tokenizer, then the graph, on texts of any length.
+    texts = ["Objection, your honour: the witness is leading.", "Stir the soup. " * 200,
+             "Every letter I write you ends with a kiss."]
+    tokens = Tokenizer.from_file(str(tmp_path / metadata["tokenizer"])).encode_batch(texts)
+    session = onnxruntime.InferenceSession(str(target))
+    probabilities, labels = session.run(None, {
+        "input_ids": np.array([t.ids for t in tokens]),
+        "attention_mask": np.array([t.attention_mask for t in tokens])})
+    answers = library.load("quote-topics@champion", project=project).predict(texts)
+    columns = [f"prob_{name}" for name in metadata["classes"]]
+    assert np.abs(probabilities - answers[columns].to_numpy()).max() < 1e-4
+    assert [metadata["classes"][i] for i in labels] == answers["label"].tolist()
 
 
 def test_bad_texts_are_named_and_nothing_is_registered(topics, tmp_path):
@@ -187,3 +216,24 @@ def test_retrain_takes_new_texts_and_reproduce_rebuilds_the_champion(topics):
     rebuilt = tlpipe("reproduce", "models:/quote-topics@challenger", cwd=project)
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
     assert "MATCH: models:/quote-topics@challenger" in rebuilt.stdout
+
+
+def test_init_makes_a_project_around_a_table_of_texts(tmp_path):
+    from tlpipe.errors import SettingsError
+    from tlpipe.ops.project import init_project
+    from tlpipe.params_file import load_params
+
+    rows = [{"text": f"Ticket {i}: the {kind} does not work after the update", "label": kind}
+            for kind in ("printer", "laptop") for i in range(15)]
+    table = tmp_path / "Support Tickets.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    made = init_project(tmp_path / "project", table)
+    assert made.model_name == "support-tickets" and made.classes == ["laptop", "printer"]
+    params = load_params(tmp_path / "project" / "params.yaml")
+    assert params.data.root == Path("data/raw/support-tickets.csv")
+    report, kept = check_folder(tmp_path / "project" / params.data.root, params)
+    assert report.passed and len(kept) == 30
+    (tmp_path / "no labels.csv").write_text("text,topic\nhello,greeting\n")
+    with pytest.raises(SettingsError, match=r"--data: .*no labels\.csv, line 2: no column "
+                                            r"'label'.*data\.label_column"):
+        init_project(tmp_path / "other", tmp_path / "no labels.csv")

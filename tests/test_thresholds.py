@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score
 
 from tlpipe.metrics import compute_metrics, decide, scores_of
 from tlpipe.serving.inference import prediction_frame
-from tlpipe.training.thresholds import choose_thresholds
+from tlpipe.training.decisions import choose_thresholds
 
 
 def shy_rare_class(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,9 +21,9 @@ from tlpipe.metrics import decide
 from tlpipe.serving.export import export_onnx
 from tlpipe.serving.inference import Scorer, predict_probabilities
 from tlpipe.serving.pyfunc import IMAGE_COLUMN, ImageClassifierModel
+from tlpipe.training.decisions import choose_tta, probabilities_with, validation_probabilities
 from tlpipe.training.heads import HeadSpec, build_head
 from tlpipe.training.model import Classifier, ModelSpec, load_classifier, save_classifier
-from tlpipe.training.tta import choose_tta, probabilities_with, validation_probabilities
 from tlpipe.vectors.backbones import load_backbone
 from tlpipe.vectors.images import load_rgb
 

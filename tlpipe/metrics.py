@@ -19,7 +19,7 @@ from sklearn.metrics import (
 
 def decide(probabilities: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
     """Each row's class index: the largest probability, or with per-class ``thresholds`` the
-    largest probability / threshold (``training.thresholds``)."""
+    largest probability / threshold (``training.decisions``)."""
     probabilities = np.asarray(probabilities)
     if thresholds is None:
         return probabilities.argmax(axis=1)

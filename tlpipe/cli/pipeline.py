@@ -23,14 +23,15 @@ TOP_CANDIDATES = 5  # leaderboard rows shown without --verbose
 def init(
     directory: Annotated[Path, typer.Argument(help="The new project folder (new or empty).")],
     data: Annotated[Path | None, typer.Option(
-        help="Your images: one folder per class (or train/ val/ [test/] of class folders).")
+        help="Your images or .txt texts: one folder per class (or train/ val/ [test/] of class "
+             "folders); or a CSV or JSON Lines file with 'text' and 'label' columns.")
     ] = None,
     copy: Annotated[bool, typer.Option(
-        "--copy", help="Copy the images instead of hard-linking them (hard links use no "
+        "--copy", help="Copy the data instead of hard-linking it (hard links use no "
                        "space; a folder over 2 GiB that cannot be linked needs --copy).")
     ] = False,
 ) -> None:
-    """Start a project on your own images: git and DVC, params.yaml with your classes and a
+    """Start a project on your own images or texts: git and DVC, params.yaml with your classes and a
     model named after the folder, the DVC pipeline, the data pinned by `dvc add`, a first
     commit. Then `cd DIRECTORY && tlpipe run`."""
     from tlpipe.ops.project import init_project

@@ -85,22 +85,27 @@ def export(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
 ) -> None:
-    """Write a registered model as one ONNX file that takes decoded images (uint8, NHWC, RGB
-    or grey, any size) and does the model's resizing and normalisation itself, plus a JSON of
-    its classes; checked against the served model on real images first."""
+    """Write a registered model as one ONNX file plus a JSON of its classes, checked against
+    the served model on real data first. An image model's file takes decoded images (uint8,
+    NHWC, RGB or grey, any size) and does the resizing and normalisation itself; a text
+    model's takes token ids, and its tokenizer is written beside it."""
     if format_ != "onnx":
         fail(f"--format {format_!r}: only 'onnx' is supported", 2)
     settings = registry_settings(params, set_)
     from tlpipe.paths import data_root
     from tlpipe.registry.loader import load_version, resolve_version
-    from tlpipe.serving.export import export_onnx, sample_images
+    from tlpipe.serving.export import export_onnx, sample_images, sample_texts
 
     version = resolve_version(model_uri)
     model, spec = load_version(version.name, str(version.version))  # verified as it loads
-    samples = sample_images(data_root(settings, Path.cwd()))
+    root = data_root(settings, Path.cwd())
+    samples = (sample_texts(root, settings.data.text_column, settings.text.max_bytes)
+               if spec.modality == "text" else sample_images(root))
     target = out or Path(f"{version.name}-v{version.version}.onnx")
     report = export_onnx(model, spec, target, samples, model_uri)
-    typer.secho(f"wrote {report.onnx_file} and {report.metadata_file}", fg=typer.colors.GREEN)
-    typer.echo(f"ONNX Runtime vs the served model on {report.inputs_checked} images "
-               f"({len(samples)} real images): max |difference| of probabilities "
+    written = [report.onnx_file, report.metadata_file, report.tokenizer_file or ""]
+    typer.secho("wrote " + ", ".join(name for name in written if name), fg=typer.colors.GREEN)
+    unit = "texts" if spec.modality == "text" else "images"
+    typer.echo(f"ONNX Runtime vs the served model on {report.inputs_checked} {unit} "
+               f"({len(samples)} from the data): max |difference| of probabilities "
                f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")

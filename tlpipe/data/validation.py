@@ -109,6 +109,7 @@ class ValidationReport:
     kept_files: int
     outcomes: list[RuleOutcome]
     class_counts: dict[str, int] = field(default_factory=dict)  # after quarantine
+    unit: str = "images"  # what the files are: "images" or "texts"
 
     @property
     def quarantined(self) -> list[dict]:
@@ -141,7 +142,7 @@ class ValidationReport:
         ``brief`` (the console): the rules that passed cleanly on one line."""
         lines = [f"# Data validation: {self.verdict}", "", self.summary, ""]
         if self.class_counts:
-            lines += ["Images per class: " + ", ".join(
+            lines += [f"{self.unit.capitalize()} per class: " + ", ".join(
                 f"{label} {count}" for label, count in self.class_counts.items()), ""]
         clean = [o.rule for o in self.outcomes if o.status == "ok" and not o.offenders]
         if brief and clean:
@@ -372,7 +373,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
 
     passed = all(o.passed or o.action == "quarantine" for o in outcomes)
     counts = {label: int(count) for label, count in by_label["count"].items()}
-    report = ValidationReport(passed, len(manifest), len(kept), outcomes, counts)
+    report = ValidationReport(passed, len(manifest), len(kept), outcomes, counts, unit)
     return report, kept
 
 

@@ -1,4 +1,4 @@
-"""`tlpipe init`: a ready project around a folder of labelled images.
+"""`tlpipe init`: a ready project around a folder of labelled images or texts (or a table of texts).
 
 The project is a git repository with DVC, tlpipe's settings and pipeline files (from
 ``tlpipe/templates``, so an installed tlpipe carries them), the data under ``data/raw/`` pinned
@@ -20,6 +20,8 @@ from pathlib import Path
 from tlpipe.commands import python_tool, run_command
 from tlpipe.config import DataConfig, ValidationConfig, model_name_for
 from tlpipe.data.manifest import IMAGE_SUFFIXES, SPLITS, DataLayoutError, detect_layout
+from tlpipe.data.text_facts import MAX_TABLE_BYTES, TEXT_SUFFIXES, TextTableError, read_text_table
+from tlpipe.data.text_manifest import is_table
 from tlpipe.errors import SettingsError, TlpipeError
 
 # Above this, a folder that cannot be hard-linked is not copied unless --copy says so.
@@ -73,7 +75,7 @@ def render_params(data_root: str, expected_classes: list[str] | None, model_name
 def data_notes(source: Path, classes: list[str]) -> tuple[float | None, tuple[str, ...]]:
     """What the default validation limits would say about the data at ``source``: the
     imbalance to write instead of the default when it is above it, and notes for the user."""
-    counts = {label: _images_in(source, label) for label in classes}
+    counts = _counts(source, classes)
     if not counts or min(counts.values()) == 0:
         return None, ()
     limits = ValidationConfig()
@@ -95,10 +97,28 @@ def data_notes(source: Path, classes: list[str]) -> tuple[float | None, tuple[st
     return (ratio if ratio > limits.max_class_imbalance else None), tuple(notes)
 
 
-def _images_in(source: Path, label: str) -> int:
+def _counts(source: Path, classes: list[str]) -> dict[str, int]:
+    """Images or texts per class: files in the class folders, or a table's rows."""
+    if is_table(source):
+        labels = [row.label for row in _table_rows(source)]
+        return {label: labels.count(label) for label in classes}
     parents = [source / split for split in SPLITS if (source / split).is_dir()] or [source]
-    return sum(1 for parent in parents if (parent / label).is_dir()
-               for path in (parent / label).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = IMAGE_SUFFIXES | TEXT_SUFFIXES
+    return {label: sum(1 for parent in parents if (parent / label).is_dir()
+                       for path in (parent / label).rglob("*")
+                       if path.suffix.lower() in suffixes) for label in classes}
+
+
+def _table_rows(table: Path) -> list:
+    """A CSV or JSON Lines file's rows, under the default column names (text, label)."""
+    data = DataConfig()
+    try:
+        return read_text_table(table, data.text_column, data.label_column, MAX_TABLE_BYTES)
+    except TextTableError as error:
+        raise SettingsError(f"--data: {error}. tlpipe init reads the columns "
+                            f"{data.text_column!r} and {data.label_column!r}; rename them, or "
+                            "make the project without --data and set data.root, "
+                            "data.text_column and data.label_column") from None
 
 
 def _folder_size(folder: Path) -> int:
@@ -107,6 +127,15 @@ def _folder_size(folder: Path) -> int:
 
 def place_data(source: Path, destination: Path, copy: bool) -> tuple[str, str]:
     """Hard-link (or with ``copy``, copy) ``source`` to ``destination``; say how and why."""
+    if source.is_file():  # a table of texts
+        if not copy:
+            try:
+                os.link(source, destination)
+                return "hard-linked", "no disk space used"
+            except OSError:
+                pass
+        shutil.copy2(source, destination)
+        return "copied", "--copy asked for a copy" if copy else "hard links are impossible here"
     if copy:
         shutil.copytree(source, destination, symlinks=True)
         return "copied", "--copy asked for a copy"
@@ -145,14 +174,16 @@ def init_project(root: Path, source: Path | None = None, copy: bool = False) -> 
     if source is not None:
         source = Path(source).resolve()
         try:
-            classes = list(detect_layout(source, DataConfig()).classes)
+            classes = (sorted({row.label for row in _table_rows(source)}) if is_table(source)
+                       else list(detect_layout(source, DataConfig()).classes))
         except DataLayoutError as error:  # an argument that cannot be used: exit code 2
             raise SettingsError(f"--data: {error}") from None
         if root.is_relative_to(source) or source.is_relative_to(root):
             raise SettingsError(f"the project {root} and the data {source} must not contain "
                                 "each other")
-    name = model_name_for((source or root).name)
-    data = Path("data/raw") / name
+    name = model_name_for(source.stem if source and is_table(source) else (source or root).name)
+    data = Path("data/raw") / (f"{name}{source.suffix.lower()}" if source and is_table(source)
+                               else name)
     root.mkdir(parents=True, exist_ok=True)
     try:
         return _make(root, source, data, name, classes, copy)

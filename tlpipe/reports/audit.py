@@ -24,7 +24,7 @@ from sklearn.decomposition import PCA
 from tlpipe.audit.findings import VERDICT_SETTING, AuditResult
 from tlpipe.audit.neighbours import unit_rows
 from tlpipe.fsio import write_atomic, write_text
-from tlpipe.reports.thumbnails import BASE_CSS, Source, picture_html
+from tlpipe.reports.thumbnails import BASE_CSS, Source, items_word, picture_html
 
 MAP_POINTS = 5000  # a random sample beyond this, flagged images always in it
 MARKERS = {"train": "o", "val": "s", "test": "^"}
@@ -136,14 +136,15 @@ def render_html(result: AuditResult, root: Source, map_png: Path, max_images: in
                         f'<div class="grid">{cards}</div>'
                         + (f"<p>{len(rest)} more:</p><ul>{listed}</ul>" if len(rest) else ""))
     picture = base64.b64encode(map_png.read_bytes()).decode()
+    items = items_word(root)
     notes = "".join(f"<p>{html.escape(note)}</p>" for note in result.notes)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Data audit</title>
 <style>{_CSS}</style></head><body>
-<h1>Data audit: {summary['images']} images</h1>
+<h1>Data audit: {summary['images']} {items}</h1>
 <p>{summary['quarantined']} quarantined (left out of training),
 {summary['duplicates_within_class']} harmless near-copy pair(s) within a class.</p>{notes}
-<table><tr><th>Finding</th><th>Images</th><th>Verdict</th></tr>{rows}</table>
+<table><tr><th>Finding</th><th>{items.capitalize()}</th><th>Verdict</th></tr>{rows}</table>
 <img src="data:image/png;base64,{picture}" alt="map of the embeddings">
 {"".join(sections)}
 </body></html>

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from tlpipe.fsio import write_text
-from tlpipe.reports.thumbnails import BASE_CSS, Source, picture_html
+from tlpipe.reports.thumbnails import BASE_CSS, Source, items_word, picture_html
 
 TOP_PROBABILITIES = 3
 
@@ -36,10 +36,11 @@ def render_mistakes(predictions: list[dict], classes: list[str], root: Source,
         for (actual, predicted), count in pairs.most_common())
     cards = "".join(_card(row, classes, root) for row in wrong[:max_images])
     shown = (f"; the {max_images} most confident shown" if len(wrong) > max_images else "")
-    body = (f"<p>{len(wrong)} of {len(predictions)} test images misclassified{shown}. Most "
+    items = items_word(root)
+    body = (f"<p>{len(wrong)} of {len(predictions)} test {items} misclassified{shown}. Most "
             "confident first: a confident mistake is often a wrong label, or a case the "
             "training data lacks.</p>"
-            + (f"<table><tr><th>actual</th><th>predicted as</th><th>images</th></tr>"
+            + (f"<table><tr><th>actual</th><th>predicted as</th><th>{items}</th></tr>"
                f"{confusions}</table><div class='grid'>{cards}</div>" if wrong else
                "<p>No mistakes on the test split.</p>"))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Mistakes on the test "

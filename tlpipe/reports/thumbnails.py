@@ -48,6 +48,11 @@ Source = Path | Mapping[str, str]
 TEXT_SHOWN_CHARS = 600
 
 
+def items_word(source: Source) -> str:
+    """What a report calls the files it shows: "texts" or "images"."""
+    return "texts" if isinstance(source, Mapping) else "images"
+
+
 def picture_html(source: Source, path: str) -> str:
     """How a report shows one file: a thumbnail of the image under the data folder, or the
     text itself, escaped and cut to ``TEXT_SHOWN_CHARS``; raises ValueError or OSError for a

@@ -16,7 +16,7 @@ from tlpipe.data.validation import (
     offender_name,
 )
 from tlpipe.fsio import write_text
-from tlpipe.reports.thumbnails import Source, picture_html
+from tlpipe.reports.thumbnails import Source, items_word, picture_html
 
 MAX_THUMBNAILS = 500  # keeps the page a few MB whatever the number of offenders
 # Never decoded for the page: broken, a decompression bomb, or a file outside the data folder.
@@ -95,7 +95,7 @@ def render_html(report: ValidationReport, root: Source,
                      for path, broken in rest)
     note = (f"<p>Thumbnails for the first {len(shown)} of {len(files)} files; the other "
             f"{len(rest)} are listed as text below them.</p>" if rest else "")
-    verdict = report.verdict
+    verdict, items = report.verdict, items_word(root)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
 <style>{_CSS}</style></head><body>
@@ -104,8 +104,8 @@ def render_html(report: ValidationReport, root: Source,
 <h2>Checks</h2>
 <table><tr><th>Result</th><th>Rule</th><th>Check</th><th>Found</th><th>How to fix</th></tr>
 {"".join(checks)}</table>
-<h2>Images per class</h2>
-<table><tr><th>Class</th><th>Images</th></tr>{classes}</table>
+<h2>{items.capitalize()} per class</h2>
+<table><tr><th>Class</th><th>{items.capitalize()}</th></tr>{classes}</table>
 <h2>Offending and quarantined files ({len(files)})</h2>
 {note}<div class="grid">{cards}</div>{f"<ul>{listed}</ul>" if rest else ""}
 </body></html>

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from tlpipe.config import FeaturesConfig, Params
 from tlpipe.metrics import decide
+from tlpipe.training.decisions import probabilities_with
 from tlpipe.training.model import Classifier, ModelSpec
-from tlpipe.training.tta import probabilities_with
 from tlpipe.vectors.backbones import Backbone, state_digest
 from tlpipe.vectors.engines import check_fidelity, engine_placement, feature_engine
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
@@ -29,15 +30,21 @@ from tlpipe.devices import resolve_device
 from tlpipe.fsio import file_sha256, sha256_text, write_json
 from tlpipe.ops.tracking import RunContext, flat_params, log_history, stage_run
 from tlpipe.params_file import load_params
-from tlpipe.paths import Outputs, data_root, feature_store, outputs_for, resolve
-from tlpipe.training.cached import Features
+from tlpipe.paths import Outputs, data_root, outputs_for, resolve
+from tlpipe.serving.inference import TextScorer
 from tlpipe.training.checkpoint import CHECKPOINT_FORMAT
+from tlpipe.training.decisions import (
+    ThresholdChoice,
+    TtaChoice,
+    choose_thresholds,
+    choose_tta,
+    validation_probabilities,
+)
 from tlpipe.training.distributed import DistributedError, Rank, launch
 from tlpipe.training.finetune import FinetuneData, finetune
 from tlpipe.training.heads import HeadSpec, build_head, class_order
 from tlpipe.training.model import Classifier, ModelSpec, save_classifier
-from tlpipe.training.thresholds import ThresholdChoice, choose_thresholds
-from tlpipe.training.tta import TtaChoice, choose_tta, validation_probabilities
+from tlpipe.training.text_finetune import finetune_text
 from tlpipe.vectors.backbones import Backbone
 from tlpipe.vectors.preprocess import ImageFolderRows, iterate_batches
 from tlpipe.vectors.text_features import chosen_model
@@ -95,9 +102,8 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
     # What the features stage chose: the backbone and its evaluation preprocessing, or pixels.
     backbone = chosen_model(json.loads(out.preprocessing.read_text()), params.backbone,
                                project)
-    if backbone.preprocessing is None:
-        return _text_head_only(params, project, backbone, head, head_spec, classes,
-                               chosen.get("fitted_on") != "train+val")
+    if backbone.preprocessing is None:  # a text encoder
+        return _text_model(params, project, backbone, head, head_spec, chosen, classes)
     spec = ModelSpec(backbone=backbone.name, num_features=backbone.num_features,
                      classes=classes, head=head_spec.to_dict(),
                      preprocessing=backbone.preprocessing.to_dict(),
@@ -172,27 +178,54 @@ def compute(params: Params, project: Path, on_epoch_end: EpochCallback | None = 
             **decisions.to_dict()}
 
 
-def _text_head_only(params: Params, project: Path, encoder: Backbone, head: torch.nn.Module,
-                    head_spec: HeadSpec, classes: list[str], unseen: bool) -> dict:
-    """The text path: the head on the frozen encoder is the model (fine-tuning the encoder's
-    top layers is not built yet), with thresholds chosen on the stored validation vectors."""
+def _text_model(params: Params, project: Path, encoder: Backbone, head: torch.nn.Module,
+                head_spec: HeadSpec, chosen: dict, classes: list[str]) -> dict:
+    """The text path: the encoder's top layers fine-tuned with the head
+    (``training.text_finetune``) where that beats the head on the frozen encoder on
+    validation, else the head alone; thresholds chosen on the final model's validation
+    probabilities. Not resumable from a checkpoint yet: a killed text fine-tune starts over."""
     out = outputs_for(params, project)
     spec = ModelSpec(backbone=encoder.name, num_features=encoder.num_features, classes=classes,
                      head=head_spec.to_dict(), preprocessing={}, modality="text")
-    validation = None
+    rows = without_quarantined(load_manifest(out.validated), out.quarantine)
+    train, val = ((part["text"].tolist(), [classes.index(label) for label in part["label"]])
+                  for part in (rows[rows["split"] == split] for split in ("train", "val")))
+    unseen = chosen.get("fitted_on") != "train+val"
+    skip = ("finetune.epochs is 0" if params.finetune.epochs == 0 else
+            f"the chosen head ({chosen['candidate']}) has no weights to fine-tune"
+            if not head_spec.fine_tunable else
+            "the head was fitted on the validation texts too: none are left to judge "
+            "fine-tuning on" if not unseen else None)
+    model = Classifier(encoder.model, head)
+    result = None
+    if skip is None:
+        result = finetune_text(encoder.model, head, train, val, len(classes), params.finetune,
+                               params.seed, resolve_device(params.device),
+                               params.head.selection_metric)
+        model = Classifier(result.encoder, result.head)
+    probabilities = None
     if unseen and params.evaluation.thresholds == "auto":
-        plan = without_quarantined(pd.read_parquet(out.plan), out.quarantine)
-        val = Features.from_plan(plan, feature_store(params, project), "val", classes)
-        with torch.inference_mode():
-            validation = (torch.softmax(head.eval()(val.x), dim=1).numpy(), val.y.numpy())
+        probabilities = TextScorer(model, resolve_device(params.device),
+                                   params.text.batch_size)(val[0])
     decisions = Decisions(
         TtaChoice("none", "texts have no mirror image: no test-time flips"),
-        choose_thresholds(params.evaluation.thresholds, *(validation or (None, None)),
+        choose_thresholds(params.evaluation.thresholds, probabilities,
+                          np.array(val[1]) if probabilities is not None else None,
                           params.head.selection_metric, params.seed,
                           None if unseen else "the head was fitted on the validation texts too"))
-    return _head_only("fine-tuning a text encoder's layers is not built yet: the head on the "
-                      "frozen encoder is the model", Classifier(encoder.model, head), spec,
-                      decisions, out)
+    if result is None:
+        return _head_only(skip, model, spec, decisions, out)
+    _save(model, spec, decisions, out)
+    history = result.history
+    verdict = "kept" if result.improved else "not kept"
+    reason = (f"top {result.layers} of {len(encoder.blocks)} layers: "
+              + _reason(history.start, history.epochs, history.best_epoch))
+    write_json(out.finetune_history, {"epochs": history.epochs, "best_epoch": history.best_epoch,
+                                      "start": history.start, "verdict": verdict,
+                                      "reason": reason, **decisions.to_dict()})
+    return {"model_dir": str(out.model_dir), "epochs_run": len(history.epochs),
+            "resumed_from_epoch": None, "history": history.epochs, "verdict": verdict,
+            "reason": reason, "estimated_seconds": None, **decisions.to_dict()}
 
 
 def _reason(start: dict, epochs: list[dict], best_epoch: int) -> str:

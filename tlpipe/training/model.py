@@ -46,8 +46,8 @@ class ModelSpec:
     classes: list[str]
     head: dict  # HeadSpec fields: what shapes the head
     preprocessing: dict
-    tta: str = "none"  # "flip": probabilities averaged with the mirror image's (training.tta)
-    thresholds: list[float] | None = None  # per class, in classes' order (training.thresholds)
+    tta: str = "none"  # "flip": probabilities averaged with the mirror image's (training.decisions)
+    thresholds: list[float] | None = None  # per class, in classes' order (training.decisions)
     # Serving refuses to decode larger images (validation.max_pixels when it was trained).
     max_pixels: int = ValidationConfig.model_fields["max_pixels"].default
     # "text": the backbone is a text encoder, whose tokenizer and settings are saved beside

@@ -148,10 +148,17 @@ class TextEncoder(nn.Module):
                       torch.tensor([e.attention_mask for e in encodings]),
                       sum(bool(e.overflowing) for e in encodings))
 
+    def unpadded(self, texts: list[str]) -> list:
+        """Each text's tokens (``tokenizers.Encoding``), cut at ``max_tokens``, not padded."""
+        self.tokenizer.no_padding()
+        try:
+            return self.tokenizer.encode_batch([str(text).strip() for text in texts])
+        finally:
+            self.tokenizer.enable_padding(pad_id=self.bert.config.pad_token_id or 0)
+
     def truncated(self, texts: list[str]) -> list[bool]:
         """Which of ``texts`` are longer than ``max_tokens`` (the encoder reads their start)."""
-        return [bool(e.overflowing) for e in self.tokenizer.encode_batch(
-            [str(text).strip() for text in texts])]
+        return [bool(encoding.overflowing) for encoding in self.unpadded(texts)]
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.bert(input_ids=ids, attention_mask=attention_mask).last_hidden_state
@@ -174,21 +181,23 @@ class TextEncoder(nn.Module):
         """
         device = device or torch.device("cpu")
         self.to(device)
-        self.tokenizer.no_padding()
-        try:
-            encodings = self.tokenizer.encode_batch([str(text).strip() for text in texts])
-        finally:
-            self.tokenizer.enable_padding(pad_id=self.bert.config.pad_token_id or 0)
-        by_length: dict[int, list[int]] = {}
-        for index, encoding in enumerate(encodings):
-            by_length.setdefault(len(encoding.ids), []).append(index)
+        encodings = self.unpadded(texts)
         vectors = np.empty((len(texts), self.dimension), np.float32)
         with torch.inference_mode():
-            for rows in (group[start:start + batch_size] for group in by_length.values()
-                         for start in range(0, len(group), batch_size)):
+            for rows in same_length_batches(encodings, batch_size):
                 ids = torch.tensor([encodings[i].ids for i in rows], device=device)
                 vectors[rows] = self(ids, torch.ones_like(ids)).float().cpu().numpy()
         return vectors, sum(bool(e.overflowing) for e in encodings)
+
+
+def same_length_batches(encodings: list, size: int) -> list[list[int]]:
+    """The indices of ``encodings`` in batches of at most ``size`` texts of one token length:
+    no padding, so a text's vector does not depend on its batch."""
+    by_length: dict[int, list[int]] = {}
+    for index, encoding in enumerate(encodings):
+        by_length.setdefault(len(encoding.ids), []).append(index)
+    return [group[start:start + size] for group in by_length.values()
+            for start in range(0, len(group), size)]
 
 
 def load_text_encoder(name: str = MINILM, folder: Path | None = None,

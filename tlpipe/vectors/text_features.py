@@ -99,11 +99,11 @@ def text_vectors(encoder: TextEncoder, texts: list[str], store: FeatureStore,
 
 def chosen_model(choice: dict, settings: BackboneConfig, project_dir: Path) -> Backbone:
     """What made the features stage's vectors (its ``preprocessing.json``): the text encoder
-    (no preprocessing; fine-tuning it is not built yet, so no blocks), or the image backbone
-    with the preprocessing chosen."""
+    (no preprocessing; its transformer layers are the blocks), or the image backbone with the
+    preprocessing chosen."""
     if choice.get("modality") != "text":
         return chosen_backbone(choice, settings, project_dir)
     folder = choice.get("encoder_folder")
     encoder = loaded_once(choice["backbone"], Path(project_dir) / folder if folder else None)
     return Backbone(choice["backbone"], encoder, encoder.dimension, None, encoder.digest,
-                    blocks=[])
+                    blocks=encoder.blocks)
