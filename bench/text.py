@@ -16,7 +16,9 @@ split chooses nothing), in the same run:
 - all again with 8 and 16 training texts per class (few-shot), scored on the same test split,
   and there also the encoder fine-tuned: its top 2 layers and a head started from the probe,
   layer-wise learning-rate decay 0.8, 15 epochs (no validation to stop on), as tlpipe's text
-  fine-tuning would.
+  fine-tuning would, and SetFit's recipe (contrastive pairs, the whole encoder trained with
+  CosineSimilarityLoss, then logistic regression), reimplemented here with its defaults since
+  the ``setfit`` package is not installed.
 
 Datasets: quotes-topics (../shared/datasets/quotes-topics: six topic folders of short
 texts, whose topics are often only implied); and a set made here, "reviews": product
@@ -31,6 +33,8 @@ from __future__ import annotations
 import argparse
 import random
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,56 +103,61 @@ def score(name: str, predicted: list[str], truth: list[str], seconds: float) -> 
             "macro_f1": f1_score(truth, predicted, average="macro"), "seconds": seconds}
 
 
-def run(dataset: str, texts: list[str], labels: list[str], encoder, fine_tune: bool = True
-        ) -> list[dict]:
+def run(texts: list[str], labels: list[str], encoder, fine_tune: bool = True
+        ) -> Iterator[dict]:
+    """The rows of one dataset, each as soon as it is measured."""
     train, val, test = split(labels)
     truth = [labels[i] for i in test]
     started = time.perf_counter()
     vectors = encoder.encode(texts)
     encode_s = time.perf_counter() - started
-    rows = []
     for shots in (None, 16, 8):
         fit = np.concatenate([train, val]) if shots is None else few(train, labels, shots)
         if shots is not None and min(sum(labels[i] == c for i in fit)
                                      for c in set(labels)) < shots:
             continue
         suffix = "" if shots is None else f", {shots}/class"
+        measured = []
         started = time.perf_counter()
         tfidf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
                               probe() if shots is None else
                               LogisticRegressionCV(Cs=10, cv=min(5, shots), max_iter=3000))
         tfidf.fit([texts[i] for i in fit], [labels[i] for i in fit])
-        rows.append(score(f"TF-IDF + LR{suffix}", tfidf.predict([texts[i] for i in test]),
-                          truth, time.perf_counter() - started))
+        measured.append(score(f"TF-IDF + LR{suffix}", tfidf.predict([texts[i] for i in test]),
+                              truth, time.perf_counter() - started))
         started = time.perf_counter()
         head = probe() if shots is None else LogisticRegressionCV(Cs=10, cv=min(5, shots),
                                                                   max_iter=3000)
         head.fit(vectors[fit], [labels[i] for i in fit])
-        rows.append(score(f"MiniLM probe{suffix}", head.predict(vectors[test]), truth,
-                          time.perf_counter() - started + encode_s))
+        measured.append(score(f"MiniLM probe{suffix}", head.predict(vectors[test]), truth,
+                              time.perf_counter() - started + encode_s))
+        yield from measured
         started = time.perf_counter()
-        rows.append(score(f"tlpipe default{suffix}",
-                          tlpipe_default(encoder, texts, labels, fit if shots else train,
-                                         None if shots else val, test),
-                          truth, time.perf_counter() - started))
+        # Few-shot, tlpipe holds back a quarter of the texts for validation, as its own split
+        # of such a folder would (early stopping and fine-tuning are judged there).
+        own_train, own_val = (train, val) if shots is None else train_test_split(
+            fit, test_size=0.25, stratify=[labels[i] for i in fit], random_state=SEED)
+        yield score(f"tlpipe default{suffix}",
+                    tlpipe_default(encoder, texts, labels, own_train, own_val, test, fine_tune),
+                    truth, time.perf_counter() - started)
         if shots is not None and fine_tune:  # where the frozen probe has the least to go on
             started = time.perf_counter()
-            rows.append(score(f"MiniLM fine-tuned (top 2 layers){suffix}",
-                              fine_tuned(encoder, texts, labels, fit, test), truth,
-                              time.perf_counter() - started))
-    for row in rows:
-        row.update(dataset=dataset, n_test=len(test), n_texts=len(texts))
-    return rows
+            yield score(f"MiniLM fine-tuned (top 2 layers){suffix}",
+                        fine_tuned(encoder, texts, labels, fit, test), truth,
+                        time.perf_counter() - started)
+            started = time.perf_counter()
+            yield score(f"SetFit recipe (reimplemented){suffix}",
+                        setfit_recipe(encoder, texts, labels, fit, test), truth,
+                        time.perf_counter() - started)
 
 
 def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarray,
-                   val: np.ndarray | None, test: np.ndarray) -> list[str]:
+                   val: np.ndarray, test: np.ndarray, fine_tune: bool = True) -> list[str]:
     """What ``tlpipe run`` makes with its default settings: the head stage's choice (training
     texts with ``features.views`` augmented views each, the ladder scored on validation or by
     CV, refitted on train + validation as ``stages/head.py`` decides), the finetune stage's
     fine-tuned top layers where they beat it on validation, and per-class thresholds chosen on
-    validation. Few-shot (``val`` None): CV over the training texts alone, as the probes get,
-    and no fine-tuning (nothing to judge it on)."""
+    validation (``fine_tune`` False: the finetune stage skipped, as with finetune.epochs 0)."""
     import hashlib
 
     import torch
@@ -180,12 +189,12 @@ def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarr
                         np.array([i for i, _, _ in items]), np.array([v for _, v, _ in items]))
 
     train_x = features(train, params.features.views)
-    val_x = features(val, 0) if val is not None else None
+    val_x = features(val, 0)
     chosen, leaderboard = select(train_x, val_x, len(classes), params.head, params.seed)
     head, spec, _ = fit(chosen, train_x, val_x, len(classes), params.head, params.seed)
     protocol = next(row for row in leaderboard if row.chosen).protocol
-    fine_tunes = params.finetune.epochs > 0 and spec.fine_tunable and val_x is not None
-    refit = val_x is not None and protocol != "validation" and not (
+    fine_tunes = fine_tune and params.finetune.epochs > 0 and spec.fine_tunable
+    refit = protocol != "validation" and not (
         head_kind(chosen.kind).early_stopping or fine_tunes)
     if refit:
         head, _, _ = fit(chosen, Features.join(train_x, val_x), None, len(classes),
@@ -199,7 +208,7 @@ def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarr
         model = Classifier(result.encoder, result.head)
     scorer = TextScorer(model, torch.device("cpu"), params.text.batch_size)
     thresholds = None
-    if val_x is not None and not refit:  # validation the head was not fitted on
+    if not refit:  # validation the head was not fitted on
         thresholds = choose_thresholds(
             params.evaluation.thresholds, scorer([texts[i] for i in val]),
             np.array([classes.index(labels[i]) for i in val]), params.head.selection_metric,
@@ -250,7 +259,57 @@ def fine_tuned(encoder, texts: list[str], labels: list[str], fit: np.ndarray,
         return [classes[i] for i in head(vectors).argmax(dim=1).tolist()]
 
 
+def setfit_recipe(encoder, texts: list[str], labels: list[str], fit: np.ndarray,
+                  test: np.ndarray, iterations: int = 20, lr: float = 2e-5,
+                  batch: int = 16) -> list[str]:
+    """SetFit's recipe with its defaults (Tunstall et al. 2022; the ``setfit`` package is not
+    installed here): for each of ``iterations`` rounds, every training text is paired with a
+    random text of its class (target cosine 1) and one of another class (target 0); the whole
+    encoder trains one epoch on the pairs with CosineSimilarityLoss (AdamW, ``lr``, 10%
+    warm-up), then a logistic regression is fitted on its vectors."""
+    import copy
+    import random
+
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    chooser = random.Random(SEED)
+    by_class: dict[str, list[int]] = {}
+    for i in fit:
+        by_class.setdefault(labels[i], []).append(int(i))
+    pairs = []
+    for _ in range(iterations):
+        for i in fit:
+            other = chooser.choice([c for c in by_class if c != labels[i]])
+            pairs += [(int(i), chooser.choice(by_class[labels[i]]), 1.0),
+                      (int(i), chooser.choice(by_class[other]), 0.0)]
+    chooser.shuffle(pairs)
+    model = copy.deepcopy(encoder).train()
+    model.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    steps = -(-len(pairs) // batch)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        left = model.tokenize([texts[a] for a, _, _ in chunk])
+        right = model.tokenize([texts[b] for _, b, _ in chunk])
+        cosine = torch.nn.functional.cosine_similarity(
+            model(left.ids, left.attention_mask), model(right.ids, right.attention_mask))
+        loss = torch.nn.functional.mse_loss(cosine, torch.tensor([t for _, _, t in chunk]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    head = LogisticRegression(max_iter=3000).fit(model.encode([texts[i] for i in fit]),
+                                                 [labels[i] for i in fit])
+    return head.predict(model.encode([texts[i] for i in test])).tolist()
+
+
 def main() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="quotes,reviews")
     parser.add_argument("--no-fine-tuning", action="store_true",
@@ -262,8 +321,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
         texts, labels = makers[dataset]()
-        for row in run(dataset, texts, labels, encoder, not args.no_fine_tuning):
-            print(f"| {row['dataset']} | {row['n_texts']} | {row['n_test']} | {row['model']} | "
+        tested = len(split(labels)[2])
+        for row in run(texts, labels, encoder, not args.no_fine_tuning):
+            print(f"| {dataset} | {len(texts)} | {tested} | {row['model']} | "
                   f"{row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.1f} |",
                   flush=True)
     print("The MiniLM rows' seconds include encoding every text once (CPU, 2 cores).")

@@ -69,6 +69,7 @@ def topics(tmp_path_factory):
 def test_a_text_folder_becomes_a_promoted_champion_named_after_it(topics):
     project, run = topics
     assert "quote-topics v1: PROMOTED" in run.stdout
+    assert "small test split: 20 test texts" in run.stdout  # a few per class: the gate warns
     # Fine-tuned (the top 2 of its 6 layers, with the head), and kept only if it helps.
     assert re.search(r"Fine-tuning (not )?kept: top 2 of 6 layers", run.stdout), run.stdout
     champion = store(project).get_model_version_by_alias("quote-topics", "champion")

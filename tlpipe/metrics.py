@@ -106,17 +106,18 @@ def wilson_half_width(successes: int, n: int, z: float = 1.96) -> float:
 
 
 def small_split_warning(labels: list[str], correct: int, min_images: int,
-                        min_per_class: int) -> str | None:
-    """Why a test split is too small to trust its figures, or None when it is not."""
+                        min_per_class: int, unit: str = "images") -> str | None:
+    """Why a test split is too small to trust its figures, or None when it is not
+    (``unit``: what the data is, images or texts)."""
     counts = Counter(labels)
     thin = sorted(name for name, count in counts.items() if count < min_per_class)
     if len(labels) >= min_images and not thin:
         return None
-    short = (f"{len(labels)} test images (fewer than evaluation.min_test_images="
-             f"{min_images})" if len(labels) < min_images else f"{len(labels)} test images")
+    short = (f"{len(labels)} test {unit} (fewer than evaluation.min_test_images="
+             f"{min_images})" if len(labels) < min_images else f"{len(labels)} test {unit}")
     if thin:
         short += (f"; under evaluation.min_test_per_class={min_per_class}: "
                   + ", ".join(f"{name} {counts[name]}" for name in thin))
     return (f"small test split: {short}. The 95% interval of accuracy here is about "
             f"±{wilson_half_width(correct, len(labels)):.2f}, so differences smaller than that "
-            "are noise: add test images before trusting these figures or a promotion")
+            f"are noise: add test {unit} before trusting these figures or a promotion")

@@ -57,12 +57,12 @@ _FIX = {
     "text_length": "fix or remove these texts, or change `text.min_words` / `text.max_words` "
                    "in params.yaml",
     "class_count": "give the data folder at least two class folders",
-    "min_images_per_class": "add images to these classes, or lower "
+    "min_images_per_class": "add {unit} to these classes, or lower "
                             "`validation.min_images_per_class` in params.yaml",
-    "split_coverage": "add images to these classes (each file's split comes from its content "
-                      "hash, so more images reach every split), or give the data its own "
+    "split_coverage": "add {unit} to these classes (each one's split comes from its content "
+                      "hash, so more {unit} reach every split), or give the data its own "
                       "val/ and test/ folders",
-    "class_imbalance": "add images to the small classes, or raise "
+    "class_imbalance": "add {unit} to the small classes, or raise "
                        "`validation.max_class_imbalance` in params.yaml",
     "expected_classes": "rename the class folders, or change `data.expected_classes` in "
                         "params.yaml",
@@ -85,9 +85,9 @@ def class_name_problem(name: str) -> str:
     return ""
 
 
-def fix_hint(outcome: RuleOutcome) -> str:
+def fix_hint(outcome: RuleOutcome, unit: str = "images") -> str:
     """How to fix a failed rule; quarantining is offered only where a file can be left out."""
-    hint = _FIX[outcome.rule]
+    hint = _FIX[outcome.rule].format(unit=unit)
     if outcome.rule in QUARANTINABLE:
         hint += (f"; or add `{outcome.rule}` to `validation.quarantine` in params.yaml to "
                  "exclude these files and train on the rest")
@@ -154,7 +154,7 @@ class ValidationReport:
                 outcome.level == "file" and outcome.offenders) else ""
             lines.append(f"- [{outcome.status}] {outcome.rule}: {outcome.description}{files}")
             if outcome.status == "FAILED":
-                lines.append(f"    - fix: {fix_hint(outcome)}")
+                lines.append(f"    - fix: {fix_hint(outcome, self.unit)}")
             lines += [f"    - {offender_name(o)}: {o['detail']}"
                       for o in outcome.offenders[:listed]]
             if len(outcome.offenders) > listed:
@@ -250,20 +250,20 @@ def _file_rules(config: ValidationConfig) -> list[tuple[str, str, object]]:
     ]
 
 
-def _class_rules(config: ValidationConfig, expected: list[str] | None) -> list:
+def _class_rules(config: ValidationConfig, expected: list[str] | None, unit: str) -> list:
     import great_expectations.expectations as gxe
 
     rules = [
         ("class_count", "at least two classes",
          gxe.ExpectTableRowCountToBeBetween(min_value=2)),
-        ("min_images_per_class", f"every class has at least {config.min_images_per_class} images",
+        ("min_images_per_class", f"every class has at least {config.min_images_per_class} {unit}",
          gxe.ExpectColumnValuesToBeBetween(column="count", min_value=config.min_images_per_class)),
         ("class_imbalance", f"largest class at most {config.max_class_imbalance}x any other",
          gxe.ExpectColumnValuesToBeBetween(column="imbalance",
                                            max_value=config.max_class_imbalance)),
         # A class missing from test would be scored as 0 of 0 (macro-F1 0.5 with accuracy
         # 1.0 was seen); missing from val, it would never count while choosing the head.
-        ("split_coverage", "every class has train, val and test images",
+        ("split_coverage", f"every class has train, val and test {unit}",
          gxe.ExpectColumnValuesToBeBetween(column="emptiest_split", min_value=1)),
     ]
     if expected:
@@ -335,7 +335,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     kept.attrs = dict(manifest.attrs)
     classes = list(manifest.attrs.get("classes") or sorted(manifest["label"].unique()))
     class_table = _class_frame(kept, classes)
-    class_rules = _class_rules(config, expected_classes)
+    class_rules = _class_rules(config, expected_classes, unit)
     by_label = class_table.set_index("label")
     for (rule, description, _), (success, result) in zip(
             class_rules, _run_suite("classes", class_rules, class_table, "label"), strict=True):

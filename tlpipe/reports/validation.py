@@ -77,7 +77,7 @@ def render_html(report: ValidationReport, root: Source,
         found = (f"{files_phrase(len(outcome.offenders))}, shown below" if outcome.level == "file"
                  else "<br>".join(html.escape(f"{offender_name(o)}: {o['detail']}")
                                   for o in outcome.offenders)) if outcome.offenders else ""
-        fix = _html_text(fix_hint(outcome)) if outcome.status == "FAILED" else ""
+        fix = _html_text(fix_hint(outcome, report.unit)) if outcome.status == "FAILED" else ""
         checks.append(f'<tr><td class="{outcome.status.lower()}">{outcome.status}</td>'
                       f"<td>{html.escape(outcome.rule)}</td>"
                       f"<td>{html.escape(outcome.description)}</td><td>{found}</td>"

@@ -50,18 +50,19 @@ def compute(params: Params, project: Path) -> dict:
     validated = load_manifest(out.validated)
     test = validated.query("split == 'test'")
     if test.empty:
-        raise ValueError("split.test_fraction: the test split is empty; raise it or add images")
+        raise ValueError("split.test_fraction: the test split is empty; raise it or add data")
     model, spec = load_classifier(out.model_dir)
+    texts = modality(validated) == "text"
     probabilities = probabilities_of(
         model, spec, data_root(params, project), test["path"].tolist(),
-        test["text"].tolist() if modality(validated) == "text" else None, params,
-        resolve_device(params.device))
+        test["text"].tolist() if texts else None, params, resolve_device(params.device))
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins, spec.thresholds)
     metrics["small_test_split"] = small_split_warning(
         test["label"].tolist(), int((decide(probabilities, spec.thresholds) == y_true).sum()),
-        params.evaluation.min_test_images, params.evaluation.min_test_per_class)
+        params.evaluation.min_test_images, params.evaluation.min_test_per_class,
+        "texts" if texts else "images")
     write_json(out.metrics, metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
     # The PNG and the DVC plots' data are the same points, so they cannot disagree.
