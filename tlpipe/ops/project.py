@@ -171,19 +171,19 @@ def init_project(root: Path, source: Path | None = None, copy: bool = False) -> 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SettingsError(f"{root} exists and is not an empty folder; name a new folder")
     classes: list[str] = []
+    table = source is not None and is_table(source)
     if source is not None:
         source = Path(source).resolve()
         try:
-            classes = (sorted({row.label for row in _table_rows(source)}) if is_table(source)
+            classes = (sorted({row.label for row in _table_rows(source)}) if table
                        else list(detect_layout(source, DataConfig()).classes))
         except DataLayoutError as error:  # an argument that cannot be used: exit code 2
             raise SettingsError(f"--data: {error}") from None
         if root.is_relative_to(source) or source.is_relative_to(root):
             raise SettingsError(f"the project {root} and the data {source} must not contain "
                                 "each other")
-    name = model_name_for(source.stem if source and is_table(source) else (source or root).name)
-    data = Path("data/raw") / (f"{name}{source.suffix.lower()}" if source and is_table(source)
-                               else name)
+    name = model_name_for(source.stem if table else (source or root).name)
+    data = Path("data/raw") / (f"{name}{source.suffix.lower()}" if table else name)
     root.mkdir(parents=True, exist_ok=True)
     try:
         return _make(root, source, data, name, classes, copy)

@@ -16,7 +16,7 @@ from tlpipe.data.validation import (
     offender_name,
 )
 from tlpipe.fsio import write_text
-from tlpipe.reports.thumbnails import Source, items_word, picture_html
+from tlpipe.reports.thumbnails import Source, picture_html
 
 MAX_THUMBNAILS = 500  # keeps the page a few MB whatever the number of offenders
 # Never decoded for the page: broken, a decompression bomb, or a file outside the data folder.
@@ -95,7 +95,7 @@ def render_html(report: ValidationReport, root: Source,
                      for path, broken in rest)
     note = (f"<p>Thumbnails for the first {len(shown)} of {len(files)} files; the other "
             f"{len(rest)} are listed as text below them.</p>" if rest else "")
-    verdict, items = report.verdict, items_word(root)
+    verdict, items = report.verdict, report.unit
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
 <style>{_CSS}</style></head><body>

@@ -83,14 +83,11 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path, check_inputs: l
     the model's preprocessing itself) and ``target``.json with the classes; fail, writing
     nothing, if ONNX Runtime's probabilities differ from the pyfunc's (Pillow's preprocessing,
     then PyTorch) by more than ``PROBABILITY_TOLERANCE`` on ``check_inputs`` (images) and on
-    random RGB and grey images of other sizes. A text model: ``text_export``, checked on
-    ``check_inputs`` (texts)."""
+    random RGB and grey images of other sizes. A text model: ``_export_text_onnx``, checked
+    on ``check_inputs`` (texts)."""
     target = Path(target)
     if spec.modality == "text":
-        difference, checked, tolerance = _export_text_onnx(model, spec, target, check_inputs,
-                                                           source)
-        return ExportReport(str(target), str(_metadata_path(target)), checked, difference,
-                            tolerance, str(_tokenizer_path(target)))
+        return _export_text_onnx(model, spec, target, check_inputs, source)
     import onnx
     import onnxruntime
 
@@ -153,12 +150,11 @@ def _tokenizer_path(target: Path) -> Path:
 
 
 def _export_text_onnx(model: Classifier, spec: ModelSpec, target: Path, check_texts: list[str],
-                      source: str) -> tuple[float, int, float]:
+                      source: str) -> ExportReport:
     """Write ``target`` (the graph) and its tokenizer; fail, writing neither, where ONNX
     Runtime's probabilities differ from the pyfunc's by more than
     ``TEXT_PROBABILITY_TOLERANCE`` on ``check_texts`` and ``CHECK_TEXTS``, or its label from
-    the thresholds' answer. Returns the largest difference, the texts checked and the
-    tolerance."""
+    the thresholds' answer."""
     import onnxruntime
 
     encoder = model.backbone.eval()
@@ -179,20 +175,23 @@ def _export_text_onnx(model: Classifier, spec: ModelSpec, target: Path, check_te
         difference = float(np.abs(exported - expected).max())
         _check(target, difference, int((labels != decide(exported, spec.thresholds)).sum()),
                TEXT_PROBABILITY_TOLERANCE)
-        encoder.tokenizer.save(str(_tokenizer_path(target)))
-    write_json(_metadata_path(target), {
+        tokenizer = _tokenizer_path(target)
+        encoder.tokenizer.save(str(tokenizer))
+    metadata = _metadata_path(target)
+    write_json(metadata, {
         "source": source, "classes": spec.classes, "inputs": list(TOKEN_INPUTS),
-        "input_layout": f"int64 (batch, tokens): what {_tokenizer_path(target).name} makes of "
+        "input_layout": f"int64 (batch, tokens): what {tokenizer.name} makes of "
                         f"the texts (tokenizers' Tokenizer.from_file(...).encode_batch(texts): "
                         f".ids and .attention_mask); it cuts a text at {encoder.max_tokens} "
                         "tokens and pads a batch to its longest text",
-        "tokenizer": _tokenizer_path(target).name,
+        "tokenizer": tokenizer.name,
         "output": "probabilities: one column per class in the order of 'classes'; label: "
                   "the index in 'classes' of the model's answer (its thresholds applied)",
         "thresholds": spec.thresholds, "opset": OPSET, "max_abs_difference_vs_pytorch":
             difference, "tolerance": TEXT_PROBABILITY_TOLERANCE,
     })
-    return difference, len(texts), TEXT_PROBABILITY_TOLERANCE
+    return ExportReport(str(target), str(metadata), len(texts), difference,
+                        TEXT_PROBABILITY_TOLERANCE, str(tokenizer))
 
 
 def _check(target: Path, difference: float, labels_differ: int, tolerance: float) -> None:
