@@ -52,3 +52,21 @@ def test_the_settings_accept_exactly_the_registered_head_kinds():
     from tlpipe.training.head_kinds import KINDS
 
     assert set(get_args(HeadKind)) == set(KINDS)
+
+
+def test_the_logistic_head_leaves_out_dimensions_constant_up_to_rounding():
+    """Sentence encoders have them (all-MiniLM-L6-v2: two of 384 dimensions with a std of 1e-8
+    against 0.05). Standardised, their float32 noise once became weights of 1e30 and more, and
+    the first step of fine-tuning sent the loss from 0.3 to 230."""
+    from tlpipe.training.ladder import Candidate, fit
+
+    data = features([60, 60], views=0)
+    data.x[:, 5] = 1e-3 + 1e-8 * torch.randn(len(data))  # constant but for rounding noise
+    head, _, _ = fit(Candidate("logistic", {"C": 1.0}), data, None, 2, HeadConfig(), seed=0)
+    weight = head[-1].weight.detach()
+    assert torch.isfinite(weight).all() and weight[:, 5].abs().max() == 0
+    with torch.no_grad():
+        nudged = data.x.clone()
+        nudged[:, 5] += 1e-3  # what a fine-tuning step may do to it
+        assert torch.allclose(head(nudged), head(data.x))
+    assert (head(data.x).argmax(1) == data.y).float().mean() > 0.95

@@ -72,6 +72,9 @@ def test_a_text_folder_becomes_a_promoted_champion_named_after_it(topics):
     assert "small test split: 20 test texts" in run.stdout  # a few per class: the gate warns
     # Fine-tuned (the top 2 of its 6 layers, with the head), and kept only if it helps.
     assert re.search(r"Fine-tuning (not )?kept: top 2 of 6 layers", run.stdout), run.stdout
+    # It starts where the head is: no epoch far worse than chance (log 3 = 1.1) on its texts.
+    history = json.loads(next((project / "runs").glob("*/finetune/history.json")).read_text())
+    assert history["epochs"] and max(e["train_loss"] for e in history["epochs"]) < 1.5, history
     champion = store(project).get_model_version_by_alias("quote-topics", "champion")
     assert "Classifies texts into the classes above" in champion.description
     metrics = json.loads(next((project / "runs").glob("*/evaluate/metrics.json")).read_text())

@@ -128,14 +128,15 @@ def _folder_size(folder: Path) -> int:
 def place_data(source: Path, destination: Path, copy: bool) -> tuple[str, str]:
     """Hard-link (or with ``copy``, copy) ``source`` to ``destination``; say how and why."""
     if source.is_file():  # a table of texts
-        if not copy:
-            try:
-                os.link(source, destination)
-                return "hard-linked", "no disk space used"
-            except OSError:
-                pass
-        shutil.copy2(source, destination)
-        return "copied", "--copy asked for a copy" if copy else "hard links are impossible here"
+        if copy:
+            shutil.copy2(source, destination)
+            return "copied", "--copy asked for a copy"
+        try:
+            os.link(source, destination)
+            return "hard-linked", "no disk space used"
+        except OSError as error:
+            shutil.copy2(source, destination)
+            return "copied", f"hard links are impossible here ({error.strerror})"
     if copy:
         shutil.copytree(source, destination, symlinks=True)
         return "copied", "--copy asked for a copy"

@@ -29,6 +29,8 @@ from tlpipe.training.cached import Features
 from tlpipe.training.early_stopping import EarlyStopping, TrainingHistory
 from tlpipe.training.heads import HeadSpec, build_head, class_weights
 
+CONSTANT_SCALE = 1e-4  # a dimension whose std is below this times the median one is constant
+
 SMALL_MATRIX = 20_000_000  # values: about 15k images of 1280 features
 Fitted = tuple[nn.Module, HeadSpec, TrainingHistory]
 
@@ -51,6 +53,12 @@ def _fit_logistic(train: Features, val: Features | None, num_classes: int, setti
     layer (the standardisation too), so it serves and fine-tunes like the linear head."""
     x = train.x.numpy().astype(np.float64)
     scaler = StandardScaler().fit(x)
+    # Some dimensions are constant up to float32 rounding (all-MiniLM-L6-v2 has two with a
+    # std of 1e-8, against 0.05 for the rest): standardised, their rounding noise would be
+    # multiplied a millionfold, and so would any change fine-tuning makes to them. They are
+    # left out (weight 0).
+    std = np.sqrt(scaler.var_)
+    scaler.scale_ = np.where(std > CONSTANT_SCALE * np.median(std), std, np.inf)
     model = LogisticRegression(C=settings["C"], max_iter=2000, random_state=seed,
                                class_weight="balanced" if config.class_weighting else None)
     # BLAS threads cost more than they save on small matrices (about 10x on the demo's);
@@ -58,8 +66,7 @@ def _fit_logistic(train: Features, val: Features | None, num_classes: int, setti
     with threadpool_limits(limits=1 if x.size < SMALL_MATRIX else None, user_api="blas"):
         model.fit(scaler.transform(x), train.y.numpy())
     weight, bias = _full_coefficients(model, num_classes)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    folded_weight = weight / scale
+    folded_weight = weight / scaler.scale_
     folded_bias = bias - folded_weight @ scaler.mean_
     spec = HeadSpec("linear", x.shape[1], num_classes)
     head = build_head(spec)
