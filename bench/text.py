@@ -165,9 +165,9 @@ def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarr
     from tlpipe.config import Params
     from tlpipe.metrics import decide
     from tlpipe.serving.inference import TextScorer
+    from tlpipe.stages.head import refits_on_validation
     from tlpipe.training.cached import Features
     from tlpipe.training.decisions import choose_thresholds
-    from tlpipe.training.head_kinds import head_kind
     from tlpipe.training.ladder import fit, select
     from tlpipe.training.model import Classifier
     from tlpipe.training.text_finetune import finetune_text
@@ -194,8 +194,7 @@ def tlpipe_default(encoder, texts: list[str], labels: list[str], train: np.ndarr
     head, spec, _ = fit(chosen, train_x, val_x, len(classes), params.head, params.seed)
     protocol = next(row for row in leaderboard if row.chosen).protocol
     fine_tunes = fine_tune and params.finetune.epochs > 0 and spec.fine_tunable
-    refit = protocol != "validation" and not (
-        head_kind(chosen.kind).early_stopping or fine_tunes)
+    refit = refits_on_validation(protocol, chosen.kind, lambda: fine_tunes)
     if refit:
         head, _, _ = fit(chosen, Features.join(train_x, val_x), None, len(classes),
                          params.head, params.seed)

@@ -92,6 +92,7 @@ def export(
     if format_ != "onnx":
         fail(f"--format {format_!r}: only 'onnx' is supported", 2)
     settings = registry_settings(params, set_)
+    from tlpipe.data.layout import items_called
     from tlpipe.paths import data_root
     from tlpipe.registry.loader import load_version, resolve_version
     from tlpipe.serving.export import export_onnx, sample_images, sample_texts
@@ -105,7 +106,7 @@ def export(
     report = export_onnx(model, spec, target, samples, model_uri)
     written = [report.onnx_file, report.metadata_file, report.tokenizer_file or ""]
     typer.secho("wrote " + ", ".join(name for name in written if name), fg=typer.colors.GREEN)
-    unit = "texts" if spec.modality == "text" else "images"
-    typer.echo(f"ONNX Runtime vs the served model on {report.inputs_checked} {unit} "
+    typer.echo(f"ONNX Runtime vs the served model on {report.inputs_checked} "
+               f"{items_called(spec.modality)} "
                f"({len(samples)} from the data): max |difference| of probabilities "
                f"{report.max_abs_difference:.2e} (tolerance {report.tolerance:g})")

@@ -71,6 +71,11 @@ def modality(frame: pd.DataFrame) -> str:
     return frame.attrs.get("modality", "image")
 
 
+def items_called(kind: str) -> str:
+    """What messages and reports call the items of a modality ("image" or "text")."""
+    return "texts" if kind == "text" else "images"
+
+
 def shown_from(frame: pd.DataFrame, root: Path) -> Path | dict[str, str]:
     """What the reports show a manifest's files from: the data folder, or each text."""
     return dict(zip(frame["path"], frame["text"], strict=True)) if modality(frame) == "text" \

@@ -19,7 +19,7 @@ from typing import get_args
 import pandas as pd
 
 from tlpipe.config import RuleName, TextConfig, ValidationConfig
-from tlpipe.data.layout import SPLITS, modality
+from tlpipe.data.layout import SPLITS, items_called, modality
 from tlpipe.errors import TlpipeError
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -318,9 +318,9 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig,
     files = _file_frame(manifest)
     outcomes: list[RuleOutcome] = []
     excluded: set[str] = set()
-    texts = modality(manifest) == "text"
-    unit = "texts" if texts else "images"
-    rules = _text_rules(text or TextConfig()) if texts else _file_rules(config)
+    kind = modality(manifest)
+    unit = items_called(kind)
+    rules = _text_rules(text or TextConfig()) if kind == "text" else _file_rules(config)
     by_path = files.set_index("path")
     for (rule, description, _), (success, result) in zip(
             rules, _run_suite("files", rules, files, "path"), strict=True):

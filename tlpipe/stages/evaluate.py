@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tlpipe import tags
 from tlpipe.config import Params
-from tlpipe.data.layout import modality, shown_from
+from tlpipe.data.layout import items_called, modality, shown_from
 from tlpipe.data.manifest import load_manifest
 from tlpipe.devices import resolve_device
 from tlpipe.fsio import write_json
@@ -52,17 +52,17 @@ def compute(params: Params, project: Path) -> dict:
     if test.empty:
         raise ValueError("split.test_fraction: the test split is empty; raise it or add data")
     model, spec = load_classifier(out.model_dir)
-    texts = modality(validated) == "text"
+    kind = modality(validated)
     probabilities = probabilities_of(
         model, spec, data_root(params, project), test["path"].tolist(),
-        test["text"].tolist() if texts else None, params, resolve_device(params.device))
+        test["text"].tolist() if kind == "text" else None, params, resolve_device(params.device))
     y_true = np.array([spec.classes.index(label) for label in test["label"]])
     metrics = compute_metrics(y_true, probabilities, spec.classes,
                               params.evaluation.calibration_bins, spec.thresholds)
     metrics["small_test_split"] = small_split_warning(
         test["label"].tolist(), int((decide(probabilities, spec.thresholds) == y_true).sum()),
         params.evaluation.min_test_images, params.evaluation.min_test_per_class,
-        "texts" if texts else "images")
+        items_called(kind))
     write_json(out.metrics, metrics)
     plot_confusion_matrix(metrics["confusion_matrix"], spec.classes, out.confusion_png)
     # The PNG and the DVC plots' data are the same points, so they cannot disagree.

@@ -7,6 +7,7 @@ learning curve when the chosen head is a trained one. The test split is never re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -70,16 +71,22 @@ def compute(params: Params, project: Path) -> dict:
 
 def _refit_on_validation(params: Params, project: Path, chosen: Candidate, spec: HeadSpec,
                          protocol: str) -> bool:
+    def fine_tuned_next() -> bool:  # loads the backbone: asked only when the rest allows a refit
+        choice = json.loads(outputs_for(params, project).preprocessing.read_text())
+        backbone = chosen_model(choice, params.backbone, project)
+        return params.finetune.epochs > 0 and bool(backbone.blocks) and spec.fine_tunable
+
+    return refits_on_validation(protocol, chosen.kind, fine_tuned_next)
+
+
+def refits_on_validation(protocol: str, kind: str, fine_tuned_next: Callable[[], bool]) -> bool:
     """Whether the head is fitted again on the training and validation images together: when
     the validation split was too small to choose by (the ladder cross-validated), the head
     needs none to stop early by, and nothing after it needs validation images it has not
     seen (fine-tuning compares itself with the head there). Data like digits' pixels then
     trains on 15% more images, as a cross-validated estimator refits on all."""
-    if protocol == "validation" or head_kind(chosen.kind).early_stopping:
-        return False
-    choice = json.loads(outputs_for(params, project).preprocessing.read_text())
-    backbone = chosen_model(choice, params.backbone, project)
-    return not (params.finetune.epochs > 0 and backbone.blocks and spec.fine_tunable)
+    return not (protocol == "validation" or head_kind(kind).early_stopping
+                or fine_tuned_next())
 
 
 def run(context: RunContext, params: Params, project: Path) -> dict:
